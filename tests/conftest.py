@@ -1,0 +1,277 @@
+"""Test fixtures: a real Tornado server on an unused port, on SQLite and on TimescaleDB.
+
+Every test that uses ``server`` runs twice: once on a fresh SQLite file and once on
+the project's TimescaleDB cluster (``WEBMACS_TEST_PG_URL``, set by
+``scripts/test.sh``). A missing cluster is a failure, not a skip. Set
+``WEBMACS_TEST_BACKENDS=sqlite`` to iterate quickly on one backend only.
+
+We use pytest-asyncio rather than pytest-tornasync: the latter is unmaintained
+and fails under ``-W error`` with current pytest. Helpers here close every socket
+they open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import time
+from typing import Any, Awaitable, Callable
+
+import pytest
+from sqlalchemy import create_engine, text
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httpserver import HTTPServer
+from tornado.testing import bind_unused_port
+from tornado.websocket import websocket_connect
+
+from webmacs.app import Services, make_app
+from webmacs.config import Settings
+from webmacs.db import upgrade
+from webmacs.models import Base
+
+ADMIN_EMAIL = "admin@example.com"
+ADMIN_PASSWORD = "admin-password-1"
+SECRET = "test-secret-key-that-is-long-enough-0123456789"
+BACKENDS = [b.strip() for b in os.environ.get("WEBMACS_TEST_BACKENDS", "sqlite,timescaledb").split(",") if b.strip()]
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02,
+                   message: str = "condition") -> Any:
+    """Poll ``predicate`` (sync or async) until truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        await asyncio.sleep(interval)
+
+
+# --- databases ---------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
+    upgrade(f"sqlite:///{path}")
+    return str(path)
+
+
+def _drop_all(url: str) -> None:
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    with engine.begin() as conn:
+        for name in list(Base.metadata.tables) + ["alembic_version"]:
+            conn.execute(text(f'DROP TABLE IF EXISTS "{name}" CASCADE'))
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    url = os.environ.get("WEBMACS_TEST_PG_URL")
+    if not url:
+        pytest.fail("WEBMACS_TEST_PG_URL is not set: run the tests with scripts/test.sh "
+                    "(it starts the TimescaleDB cluster), or set WEBMACS_TEST_BACKENDS=sqlite")
+    _drop_all(url)
+    upgrade(url)
+    return url
+
+
+def truncate_pg(url: str) -> None:
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    names = ", ".join(f'"{n}"' for n in Base.metadata.tables)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request, tmp_path) -> str:
+    """A fresh, migrated database of each backend."""
+    if request.param == "sqlite":
+        path = tmp_path / "webmacs.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        return f"sqlite:///{path}"
+    url = request.getfixturevalue("pg_url")
+    truncate_pg(url)
+    return url
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    env = {
+        "WEBMACS_DATABASE_URL": database_url,
+        "WEBMACS_SECRET_KEY": SECRET,
+        "WEBMACS_INITIAL_ADMIN_EMAIL": ADMIN_EMAIL,
+        "WEBMACS_INITIAL_ADMIN_PASSWORD": ADMIN_PASSWORD,
+        "WEBMACS_DB_POOL_SIZE": "4",
+    }
+    env.update({k: str(v) for k, v in overrides.items()})
+    return Settings.from_env(env)
+
+
+# --- the server ---------------------------------------------------------------------
+
+class Response:
+    def __init__(self, code: int, body: bytes, headers) -> None:
+        self.code = code
+        self.body = body
+        self.headers = headers
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def __repr__(self) -> str:
+        return f"<Response {self.code} {self.body[:300]!r}>"
+
+
+class WS:
+    """A test WebSocket client; ``recv()`` returns parsed JSON or None once closed."""
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+
+    async def send(self, payload: Any) -> None:
+        await self.conn.write_message(payload if isinstance(payload, (str, bytes)) else json.dumps(payload))
+
+    async def recv(self, timeout: float = 5.0) -> Any:
+        msg = await asyncio.wait_for(self.conn.read_message(), timeout)
+        return None if msg is None else json.loads(msg)
+
+    async def recv_type(self, kind: str, timeout: float = 5.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = await self.recv(max(0.01, deadline - time.monotonic()))
+            if msg is None:
+                raise AssertionError(f"socket closed while waiting for {kind!r}")
+            if msg.get("type") == kind:
+                return msg
+
+    async def closed(self, timeout: float = 5.0) -> tuple[int | None, str | None]:
+        """Wait for the server to close; return (code, reason)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = await asyncio.wait_for(self.conn.read_message(), max(0.01, deadline - time.monotonic()))
+            if msg is None:
+                return self.conn.close_code, self.conn.close_reason
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class TestServer:
+    def __init__(self, services: Services, port: int) -> None:
+        self.services = services
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.ws_base = f"ws://127.0.0.1:{port}"
+        self.admin_token: str = ""
+        self._sockets: list[WS] = []
+        self.http = AsyncHTTPClient(force_instance=True)
+
+    async def request(self, method: str, path: str, body: Any = None, token: str | None = "admin",
+                      raw: bytes | None = None, headers: dict | None = None, timeout: float = 30) -> Response:
+        hdrs = dict(headers or {})
+        if token == "admin":
+            token = self.admin_token
+        if token:
+            hdrs["Authorization"] = f"Bearer {token}"
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        if data is None and method in ("POST", "PUT"):
+            data = b""
+        req = HTTPRequest(self.base_url + path, method=method, body=data, headers=hdrs,
+                          request_timeout=timeout, allow_nonstandard_methods=True)
+        resp = await self.http.fetch(req, raise_error=False)
+        return Response(resp.code, resp.body or b"", resp.headers)
+
+    async def login(self, email: str, password: str) -> str:
+        resp = await self.request("POST", "/api/v1/auth/login", {"email": email, "password": password}, token=None)
+        assert resp.code == 200, resp
+        return resp.json["access_token"]
+
+    async def create_user(self, role: str, name: str | None = None) -> str:
+        name = name or f"{role}{len(self._sockets)}{int(time.monotonic() * 1e6) % 100000}"
+        email = f"{name}@example.com"
+        resp = await self.request("POST", "/api/v1/users", {"email": email, "username": name,
+                                                            "password": "password-123", "role": role})
+        assert resp.code == 201, resp
+        return await self.login(email, "password-123")
+
+    async def ws(self, path: str, token: str | None = "admin", expect_connected: bool = True) -> WS:
+        if token == "admin":
+            token = self.admin_token
+        url = self.ws_base + path + (f"?token={token}" if token is not None else "")
+        sock = WS(await websocket_connect(url))
+        self._sockets.append(sock)
+        if expect_connected:
+            msg = await sock.recv()
+            assert msg is not None and msg["type"] == "connected", msg
+        return sock
+
+    async def linked_events(self, n: int = 1, prefix: str = "Sensor") -> list[str]:
+        """Create ``n`` events linked to one enabled plugin instance; return their public ids."""
+        resp = await self.request("POST", "/api/v1/plugins", {"plugin_id": "simulated",
+                                                              "instance_name": f"{prefix} device"})
+        assert resp.code == 201, resp
+        instance = resp.json["public_id"]
+        ids = []
+        for i in range(n):
+            ev = await self.request("POST", "/api/v1/events", {"name": f"{prefix} {i}", "type": "sensor",
+                                                               "unit": "°C"})
+            assert ev.code == 201, ev
+            ids.append(ev.json["public_id"])
+            ch = await self.request("POST", f"/api/v1/plugins/{instance}/channels", {
+                "channel_id": f"ch{i}", "channel_name": f"Channel {i}", "direction": "input", "unit": "°C",
+                "event_public_id": ev.json["public_id"]})
+            assert ch.code == 201, ch
+        return ids
+
+    async def close(self) -> None:
+        for sock in self._sockets:
+            sock.close()
+        self.http.close()
+
+
+async def start_server(settings: Settings) -> tuple[TestServer, HTTPServer]:
+    services = Services(settings)
+    services.prepare_database()
+    await services.start()
+    sock, port = bind_unused_port()
+    http_server = HTTPServer(make_app(services))
+    http_server.add_sockets([sock])
+    srv = TestServer(services, port)
+    srv.admin_token = await srv.login(ADMIN_EMAIL, ADMIN_PASSWORD)
+    return srv, http_server
+
+
+async def stop_server(srv: TestServer, http_server: HTTPServer) -> None:
+    await srv.close()
+    http_server.stop()
+    srv.services.stop_callbacks()
+    srv.services.hub.close_all()
+    if srv.services.webhooks is not None:
+        await srv.services.webhooks.stop()
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(http_server.close_all_connections(), 5)
+    srv.services.db.close()
+
+
+@pytest.fixture
+def server_settings(database_url) -> Settings:
+    """Override in a test module to change settings (e.g. webhook retry base)."""
+    return make_settings(database_url)
+
+
+@pytest.fixture
+async def server(server_settings) -> TestServer:
+    srv, http_server = await start_server(server_settings)
+    try:
+        yield srv
+    finally:
+        await stop_server(srv, http_server)
+
+
+ServerFactory = Callable[..., Awaitable[TestServer]]

@@ -1,0 +1,178 @@
+"""The connection manager: named groups, the per-event coalescing buffer, and slow clients.
+
+The ingest pipeline never writes to a socket. It calls :meth:`ConnectionManager.publish`
+which only overwrites ``buffer[event] = latest point``. Every
+``broadcast_interval_ms`` one ``PeriodicCallback`` calls :meth:`flush`, which
+encodes one ``datapoints_batch`` frame **once** and hands the same bytes to
+every subscriber of the ``"frontend"`` group. So an event is broadcast at most
+once per interval and the last value of a burst is always the one delivered.
+
+Slow subscribers: each connection counts the bytes handed to Tornado that the
+socket has not yet taken (``write_message`` futures not yet resolved). Above
+``max_pending_bytes`` a connection is *behind*: it is skipped and the events it
+missed are remembered (a set, bounded by the number of events). When its
+backlog drains it is sent the current latest value of each missed event, so it
+may skip intermediate values but never the latest. A connection behind for
+longer than ``stall_timeout`` seconds is closed. Memory per client is therefore
+bounded by ``max_pending_bytes`` plus one frame, whatever the client does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, Callable, Iterable
+
+from tornado.websocket import WebSocketClosedError, WebSocketHandler
+
+log = logging.getLogger("webmacs.broadcast")
+
+FRONTEND = "frontend"
+CONTROLLER = "controller"
+
+
+def encode(payload: Any) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+
+
+class Connection:
+    """What the manager knows of one socket; the handler owns one of these."""
+
+    __slots__ = ("handler", "group", "user_id", "jti", "api_token_id", "expires_at",
+                 "pending_bytes", "behind_since", "missed", "closed")
+
+    def __init__(self, handler: WebSocketHandler, group: str, principal) -> None:
+        self.handler = handler
+        self.group = group
+        self.user_id = principal.user_id
+        self.jti = principal.jti
+        self.api_token_id = principal.api_token_id
+        self.expires_at = principal.expires_at
+        self.pending_bytes = 0
+        self.behind_since: float | None = None
+        self.missed: set[str] = set()
+        self.closed = False
+
+    def close(self, code: int, reason: str) -> None:
+        if not self.closed:
+            self.closed = True
+            try:
+                self.handler.close(code, reason)
+            except Exception:  # noqa: BLE001 - a dying socket must not break the caller
+                log.debug("close failed", exc_info=True)
+
+
+class ConnectionManager:
+    def __init__(self, max_pending_bytes: int = 256 * 1024, stall_timeout: float = 10.0) -> None:
+        self.groups: dict[str, set[Connection]] = {FRONTEND: set(), CONTROLLER: set()}
+        self.max_pending_bytes = max_pending_bytes
+        self.stall_timeout = stall_timeout
+        # event_public_id -> broadcast point, since the last flush
+        self.buffer: dict[str, dict] = {}
+        # event_public_id -> the latest point ever seen (for clients catching up)
+        self.latest: dict[str, dict] = {}
+        self.frames_sent = 0
+        self.frames_skipped = 0
+
+    # --- membership -----------------------------------------------------------
+    def add(self, conn: Connection) -> None:
+        self.groups.setdefault(conn.group, set()).add(conn)
+
+    def remove(self, conn: Connection) -> None:
+        conn.closed = True
+        self.groups.get(conn.group, set()).discard(conn)
+
+    def connections(self) -> Iterable[Connection]:
+        for members in self.groups.values():
+            yield from list(members)
+
+    def count(self, group: str) -> int:
+        return len(self.groups.get(group, ()))
+
+    def disconnect(self, predicate: Callable[[Connection], bool], reason: str, code: int = 1008) -> int:
+        """Close every socket matching ``predicate`` (token revoked, user deleted, ...)."""
+        n = 0
+        for conn in self.connections():
+            if predicate(conn):
+                conn.close(code, reason)
+                n += 1
+        return n
+
+    def close_all(self, code: int = 1001, reason: str = "Server shutting down") -> None:
+        for conn in self.connections():
+            conn.close(code, reason)
+
+    # --- data -------------------------------------------------------------------
+    def publish(self, points: Iterable[dict]) -> None:
+        """Called by the pipeline after a commit: keep only the newest point per event."""
+        buffer, latest = self.buffer, self.latest
+        for point in points:
+            key = point["event_public_id"]
+            buffer[key] = point
+            latest[key] = point
+
+    def flush(self) -> None:
+        """Send one coalesced frame to the frontend group (PeriodicCallback target)."""
+        now = time.monotonic()
+        self._close_stalled(now)
+        if not self.buffer:
+            return
+        points = self.buffer
+        self.buffer = {}
+        frame = encode({"type": "datapoints_batch", "datapoints": list(points.values())})
+        for conn in list(self.groups.get(FRONTEND, ())):
+            if conn.pending_bytes >= self.max_pending_bytes:
+                if conn.behind_since is None:
+                    conn.behind_since = now
+                conn.missed.update(points)
+                self.frames_skipped += 1
+                continue
+            self._send(conn, frame)
+
+    def broadcast(self, group: str, payload: Any) -> None:
+        """Send ``payload`` (a dict, encoded once, or ready bytes) to every member of ``group``."""
+        frame = payload if isinstance(payload, bytes) else encode(payload)
+        for conn in list(self.groups.get(group, ())):
+            if conn.pending_bytes < self.max_pending_bytes:
+                self._send(conn, frame)
+
+    def _send(self, conn: Connection, frame: bytes) -> None:
+        try:
+            future = conn.handler.write_message(frame)
+        except WebSocketClosedError:
+            self.remove(conn)
+            return
+        except Exception:  # noqa: BLE001 - never let one socket break the flush
+            log.warning("dropping subscriber after send failure", exc_info=True)
+            self.remove(conn)
+            return
+        self.frames_sent += 1
+        size = len(frame)
+        conn.pending_bytes += size
+        future.add_done_callback(lambda f, c=conn, n=size: self._sent(c, n, f))
+
+    def _sent(self, conn: Connection, size: int, future) -> None:
+        conn.pending_bytes -= size
+        if future.cancelled() or future.exception() is not None:
+            self.remove(conn)
+            return
+        if conn.behind_since is not None and conn.pending_bytes < self.max_pending_bytes:
+            conn.behind_since = None
+            missed, conn.missed = conn.missed, set()
+            points = [self.latest[k] for k in missed if k in self.latest]
+            if points and not conn.closed:
+                self._send(conn, encode({"type": "datapoints_batch", "datapoints": points}))
+
+    def _close_stalled(self, now: float) -> None:
+        for conn in list(self.groups.get(FRONTEND, ())):
+            if conn.behind_since is not None and now - conn.behind_since > self.stall_timeout:
+                log.warning("closing subscriber stalled for %.1f s", now - conn.behind_since)
+                self.remove(conn)
+                conn.closed = False
+                conn.close(1013, "Subscriber too slow")
+
+    def expire_tokens(self, now_utc) -> None:
+        """Close sockets whose token has expired since they connected."""
+        self.disconnect(lambda c: c.expires_at is not None and c.expires_at <= now_utc,
+                        "Invalid or expired token")

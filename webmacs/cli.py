@@ -1,0 +1,116 @@
+"""`webmacs` command line: serve, migrate, create-user, controller."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import os
+import sys
+
+
+def _setup_logging() -> None:
+    level = os.environ.get("WEBMACS_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=getattr(logging, level, logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _fail(message: str) -> int:
+    print(f"webmacs: error: {message}", file=sys.stderr)
+    return 2
+
+
+def cmd_serve(args) -> int:
+    from webmacs.app import run_server
+    from webmacs.config import Settings
+
+    config = Settings.from_env()
+    asyncio.run(run_server(config, args.host, args.port))
+    return 0
+
+
+def cmd_migrate(args) -> int:
+    from webmacs.config import Settings
+    from webmacs.db import upgrade
+
+    config = Settings.from_env()
+    upgrade(config.database_url, config.chunk_interval_hours)
+    print("database is at the latest schema revision")
+    return 0
+
+
+def cmd_create_user(args) -> int:
+    from sqlalchemy.exc import IntegrityError
+
+    from webmacs.config import Settings
+    from webmacs.db import Database, current_revision, head_revision, upgrade
+    from webmacs.models import User
+    from webmacs.security import hash_password
+
+    config = Settings.from_env()
+    password = args.password or getpass.getpass("password: ")
+    if len(password) < 8:
+        return _fail("password must be at least 8 characters")
+    db = Database(config.database_url, 1)
+    try:
+        if current_revision(db.engine) != head_revision():
+            if not config.is_sqlite:
+                return _fail("database is not migrated: run `webmacs migrate` first")
+            upgrade(config.database_url, config.chunk_interval_hours)
+        with db.Session() as session:
+            session.add(User(email=args.email.lower(), username=args.username,
+                             password_hash=hash_password(password), role=args.role))
+            try:
+                session.commit()
+            except IntegrityError:
+                return _fail("a user with this email or username already exists")
+    finally:
+        db.close()
+    print(f"created {args.role} {args.username} <{args.email}>")
+    return 0
+
+
+def cmd_controller(args) -> int:
+    from webmacs.controller.main import main as controller_main
+
+    return controller_main()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="webmacs", description="WebMACS telemetry server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(fn=cmd_serve)
+    migrate = sub.add_parser("migrate", help="upgrade the database schema (alembic upgrade head)")
+    migrate.set_defaults(fn=cmd_migrate)
+    cu = sub.add_parser("create-user", help="create a user")
+    cu.add_argument("--email", required=True)
+    cu.add_argument("--username", required=True)
+    cu.add_argument("--password", help="prompted for when omitted")
+    cu.add_argument("--role", choices=("admin", "operator", "viewer"), default="viewer")
+    cu.set_defaults(fn=cmd_create_user)
+    ctl = sub.add_parser("controller", help="run the controller client (configured from WEBMACS_* env)")
+    ctl.set_defaults(fn=cmd_controller)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from webmacs.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    _setup_logging()
+    try:
+        return args.fn(args)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one clear line, never a traceback
+        if os.environ.get("WEBMACS_DEBUG"):
+            raise
+        name = type(exc).__name__
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return _fail(f"{name}: {first}")

@@ -1,0 +1,240 @@
+"""Accounts: login/logout/me, users (admin), API tokens, and /health."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from webmacs import __version__
+from webmacs.accounts import TOKEN_REVOKED, USER_NOT_FOUND, revoke
+from webmacs.handlers.base import ApiError, BaseHandler, authenticated, get_or_404, iso, paginate
+from webmacs.models import ROLES, ApiToken, User, utcnow
+from webmacs.security import create_jwt, hash_password, new_api_token, verify_password
+from webmacs.validation import Bool, DateTimeField, Email, Str
+
+LOGIN_SPEC = {"email": Email(required=True), "password": Str(1, 1024, strip=False, required=True)}
+USER_SPEC = {
+    "email": Email(required=True),
+    "username": Str(2, 50, required=True),
+    "password": Str(8, 1024, strip=False, required=True),
+    "role": Str(choices=ROLES, default="viewer"),
+    "admin": Bool(),
+}
+
+
+def user_dict(user: User) -> dict:
+    return {
+        "public_id": user.public_id,
+        "email": user.email,
+        "username": user.username,
+        "role": user.role,
+        "admin": user.role == "admin",
+        "sso_provider": None,
+        "created_on": iso(user.created_on),
+        "registered_on": iso(user.created_on),
+    }
+
+
+def token_dict(token: ApiToken, user_public_id: str) -> dict:
+    return {
+        "public_id": token.public_id,
+        "name": token.name,
+        "last_used_at": iso(token.last_used_at),
+        "expires_at": iso(token.expires_at),
+        "created_at": iso(token.created_at),
+        "user_public_id": user_public_id,
+    }
+
+
+class LoginHandler(BaseHandler):
+    async def post(self) -> None:
+        body = self.validated(LOGIN_SPEC)
+
+        def check(session):
+            user = session.execute(select(User).where(User.email == body["email"])).scalar_one_or_none()
+            ok = verify_password(user.password_hash if user else None, body["password"])
+            return user if ok else None
+
+        user = await self.db.session(check)
+        if user is None:
+            raise ApiError(401, "Invalid email or password.")
+        token, _claims = create_jwt(self.config.secret_key, user.public_id, self.config.token_ttl_minutes)
+        self.send({
+            "status": "success",
+            "message": "Successfully logged in.",
+            "access_token": token,
+            "token_type": "bearer",
+            "public_id": user.public_id,
+            "username": user.username,
+        })
+
+
+class LogoutHandler(BaseHandler):
+    @authenticated()
+    async def post(self) -> None:
+        p = self.principal
+        if p.jti is not None:
+            await self.db.session(revoke, p.jti, p.expires_at)
+            self.services.hub.disconnect(lambda c: c.jti == p.jti, TOKEN_REVOKED)
+        self.success("Successfully logged out.")
+
+
+class MeHandler(BaseHandler):
+    @authenticated()
+    async def get(self) -> None:
+        user = await self.db.session(lambda s: s.get(User, self.principal.user_id))
+        self.send(user_dict(user))
+
+
+def _role_from(body: dict) -> str | None:
+    if "role" in body:
+        return body["role"]
+    if "admin" in body:
+        return "admin" if body["admin"] else "viewer"
+    return None
+
+
+class UsersHandler(BaseHandler):
+    @authenticated("admin")
+    async def get(self) -> None:
+        page, size = self.page_args()
+        stmt = select(User).order_by(User.id)
+        self.send(await self.db.session(paginate, stmt, page, size, user_dict))
+
+    @authenticated("admin")
+    async def post(self) -> None:
+        body = self.validated(USER_SPEC)
+        password_hash = await self.db.run(hash_password, body["password"])
+
+        def create(session):
+            user = User(email=body["email"], username=body["username"], password_hash=password_hash,
+                        role=_role_from(body) or "viewer")
+            session.add(user)
+            try:
+                session.flush()
+            except IntegrityError:
+                raise ApiError(409, "A user with this email or username already exists.") from None
+            return user_dict(user)
+
+        self.send(await self.db.session(create), 201)
+
+
+class UserHandler(BaseHandler):
+    @authenticated("admin")
+    async def get(self, public_id: str) -> None:
+        self.send(await self.db.session(lambda s: user_dict(get_or_404(s, User, public_id, "User"))))
+
+    @authenticated("admin")
+    async def put(self, public_id: str) -> None:
+        body = self.validated(USER_SPEC, partial=True)
+        password_hash = await self.db.run(hash_password, body["password"]) if "password" in body else None
+
+        def update(session):
+            user = get_or_404(session, User, public_id, "User")
+            for key in ("email", "username"):
+                if key in body:
+                    setattr(user, key, body[key])
+            role = _role_from(body)
+            if role is not None:
+                if user.id == self.principal.user_id and role != "admin":
+                    raise ApiError(400, "You cannot remove your own admin role.")
+                user.role = role
+            if password_hash:
+                user.password_hash = password_hash
+            try:
+                session.flush()
+            except IntegrityError:
+                raise ApiError(409, "A user with this email or username already exists.") from None
+            return user_dict(user)
+
+        self.send(await self.db.session(update))
+
+    @authenticated("admin")
+    async def delete(self, public_id: str) -> None:
+        def remove(session):
+            user = get_or_404(session, User, public_id, "User")
+            if user.id == self.principal.user_id:
+                raise ApiError(400, "You cannot delete your own account.")
+            session.delete(user)
+            return user.id
+
+        user_id = await self.db.session(remove)
+        self.services.hub.disconnect(lambda c: c.user_id == user_id, USER_NOT_FOUND)
+        self.success("User deleted.")
+
+
+class TokensHandler(BaseHandler):
+    @authenticated()
+    async def get(self) -> None:
+        page, size = self.page_args()
+        stmt = select(ApiToken, User.public_id).join(User, User.id == ApiToken.user_id).order_by(ApiToken.id)
+        if not self.principal.has_role("admin"):
+            stmt = stmt.where(ApiToken.user_id == self.principal.user_id)
+        self.send(await self.db.session(paginate, stmt, page, size, token_dict))
+
+    @authenticated()
+    async def post(self) -> None:
+        body = self.validated({"name": Str(1, 255, required=True), "expires_at": DateTimeField(nullable=True)})
+        if body.get("expires_at") is not None and body["expires_at"] <= utcnow():
+            raise ApiError(422, "expires_at: must be in the future")
+        plaintext, digest = new_api_token()
+
+        def create(session):
+            token = ApiToken(name=body["name"], token_hash=digest, user_id=self.principal.user_id,
+                             expires_at=body.get("expires_at"))
+            session.add(token)
+            session.flush()
+            return {
+                "public_id": token.public_id,
+                "name": token.name,
+                "token": plaintext,
+                "expires_at": iso(token.expires_at),
+                "created_at": iso(token.created_at),
+                "user_public_id": self.principal.public_id,
+            }
+
+        self.send(await self.db.session(create), 201)
+
+
+class TokenHandler(BaseHandler):
+    @authenticated()
+    async def delete(self, public_id: str) -> None:
+        def remove(session):
+            token = get_or_404(session, ApiToken, public_id, "API token")
+            if token.user_id != self.principal.user_id and not self.principal.has_role("admin"):
+                raise ApiError(404, "API token not found.")
+            session.delete(token)
+            return token.id
+
+        token_id = await self.db.session(remove)
+        self.services.hub.disconnect(lambda c: c.api_token_id == token_id, TOKEN_REVOKED)
+        self.success("API token deleted.")
+
+
+class HealthHandler(BaseHandler):
+    async def get(self) -> None:
+        services = self.services
+        db_ok = await services.db.run(services.db.ping)
+        services.note_health(db_ok)
+        self.send({
+            "status": "ok" if db_ok else "degraded",
+            "version": __version__,
+            "database": "ok" if db_ok else "error",
+            "last_datapoint": iso(services.last_datapoint_time()),
+            "uptime_seconds": round(time.monotonic() - services.started_monotonic, 3),
+        })
+
+
+default_handlers = [
+    (r"/api/v1/auth/login", LoginHandler),
+    (r"/api/v1/auth/logout", LogoutHandler),
+    (r"/api/v1/auth/me", MeHandler),
+    (r"/api/v1/users", UsersHandler),
+    (r"/api/v1/users/([^/]+)", UserHandler),
+    (r"/api/v1/tokens", TokensHandler),
+    (r"/api/v1/tokens/([^/]+)", TokenHandler),
+    (r"/health", HealthHandler),
+    (r"/api/v1/health", HealthHandler),
+]

@@ -1,0 +1,166 @@
+"""Request-body validation: small declarative field specs, errors that name the field.
+
+``validate(body, {"name": Str(1, 255), ...})`` returns the cleaned dict or
+raises :class:`ValidationError` ("name: must be a string") which handlers turn
+into a 422 ``{"detail": ...}``. Missing optional fields are left out of the
+result unless they have a default, so updates can tell "absent" from "null".
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+_MISSING = object()
+
+
+class ValidationError(Exception):
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class Field:
+    def __init__(self, *, required: bool = False, default: Any = _MISSING, nullable: bool = False):
+        self.required = required
+        self.default = default
+        self.nullable = nullable
+
+    def clean(self, name: str, value: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Str(Field):
+    def __init__(self, min_len: int = 0, max_len: int = 255, choices: Iterable[str] | None = None,
+                 strip: bool = True, **kw):
+        super().__init__(**kw)
+        self.min_len, self.max_len = min_len, max_len
+        self.choices = tuple(choices) if choices is not None else None
+        self.strip = strip
+
+    def clean(self, name, value):
+        if not isinstance(value, str):
+            raise ValidationError(name, "must be a string")
+        if self.strip:
+            value = value.strip()
+        if self.choices is not None and value not in self.choices:
+            raise ValidationError(name, "must be one of " + ", ".join(self.choices))
+        if not self.min_len <= len(value) <= self.max_len:
+            raise ValidationError(name, f"length must be between {self.min_len} and {self.max_len}")
+        return value
+
+
+class Email(Str):
+    def __init__(self, **kw):
+        super().__init__(3, 255, **kw)
+
+    def clean(self, name, value):
+        value = super().clean(name, value)
+        local, _, domain = value.partition("@")
+        if not local or "." not in domain or " " in value or domain.startswith(".") or domain.endswith("."):
+            raise ValidationError(name, "must be a valid email address")
+        return value.lower()
+
+
+class Num(Field):
+    """A finite JSON number; booleans and numeric strings are rejected."""
+
+    def __init__(self, lo: float | None = None, hi: float | None = None, **kw):
+        super().__init__(**kw)
+        self.lo, self.hi = lo, hi
+
+    def clean(self, name, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValidationError(name, "must be a number")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValidationError(name, "must be a finite number")
+        if self.lo is not None and value < self.lo:
+            raise ValidationError(name, f"must be >= {self.lo:g}")
+        if self.hi is not None and value > self.hi:
+            raise ValidationError(name, f"must be <= {self.hi:g}")
+        return value
+
+
+class Int(Field):
+    def __init__(self, lo: int | None = None, hi: int | None = None, **kw):
+        super().__init__(**kw)
+        self.lo, self.hi = lo, hi
+
+    def clean(self, name, value):
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise ValidationError(name, "must be an integer")
+        if self.lo is not None and value < self.lo:
+            raise ValidationError(name, f"must be >= {self.lo}")
+        if self.hi is not None and value > self.hi:
+            raise ValidationError(name, f"must be <= {self.hi}")
+        return value
+
+
+class Bool(Field):
+    def clean(self, name, value):
+        if not isinstance(value, bool):
+            raise ValidationError(name, "must be true or false")
+        return value
+
+
+class List(Field):
+    def __init__(self, item: Field, min_items: int = 0, max_items: int = 1000, **kw):
+        super().__init__(**kw)
+        self.item, self.min_items, self.max_items = item, min_items, max_items
+
+    def clean(self, name, value):
+        if not isinstance(value, list):
+            raise ValidationError(name, "must be a list")
+        if not self.min_items <= len(value) <= self.max_items:
+            raise ValidationError(name, f"must have between {self.min_items} and {self.max_items} items")
+        return [self.item.clean(f"{name}[{i}]", v) for i, v in enumerate(value)]
+
+
+class Obj(Field):
+    """Any JSON object (free-form configuration)."""
+
+    def clean(self, name, value):
+        if not isinstance(value, dict):
+            raise ValidationError(name, "must be an object")
+        return value
+
+
+class DateTimeField(Field):
+    def clean(self, name, value):
+        if not isinstance(value, str):
+            raise ValidationError(name, "must be an ISO 8601 date-time string")
+        try:
+            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValidationError(name, "must be an ISO 8601 date-time string") from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        return dt.astimezone(timezone.utc)
+
+
+def validate(body: Any, spec: dict[str, Field], *, partial: bool = False) -> dict[str, Any]:
+    """Check ``body`` against ``spec``; unknown keys are ignored."""
+    if not isinstance(body, dict):
+        raise ValidationError("body", "must be a JSON object")
+    out: dict[str, Any] = {}
+    for name, field in spec.items():
+        value = body.get(name, _MISSING)
+        if value is _MISSING:
+            if field.required and not partial:
+                raise ValidationError(name, "field required")
+            if field.default is not _MISSING and not partial:
+                out[name] = field.default() if callable(field.default) else field.default
+            continue
+        if value is None:
+            if field.nullable:
+                out[name] = None
+                continue
+            raise ValidationError(name, "must not be null")
+        out[name] = field.clean(name, value)
+    return out
