@@ -61,23 +61,30 @@ def sqlite_template(tmp_path_factory) -> str:
     return str(path)
 
 
-def _drop_all(url: str) -> None:
-    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1))
-    with engine.begin() as conn:
-        for name in list(Base.metadata.tables) + ["alembic_version"]:
-            conn.execute(text(f'DROP TABLE IF EXISTS "{name}" CASCADE'))
-    engine.dispose()
-
-
 @pytest.fixture(scope="session")
 def pg_url() -> str:
-    url = os.environ.get("WEBMACS_TEST_PG_URL")
-    if not url:
+    """A database of our own for this test session, cloned from the (extension-only)
+    template database named by WEBMACS_TEST_PG_URL, dropped at the end; so several
+    test runs can share the cluster."""
+    base = os.environ.get("WEBMACS_TEST_PG_URL")
+    if "timescaledb" not in BACKENDS and not os.environ.get("CI"):
+        pytest.skip("WEBMACS_TEST_BACKENDS excludes timescaledb (local iteration only; never in CI)")
+    if not base:
         pytest.fail("WEBMACS_TEST_PG_URL is not set: run the tests with scripts/test.sh "
                     "(it starts the TimescaleDB cluster), or set WEBMACS_TEST_BACKENDS=sqlite")
-    _drop_all(url)
+    prefix, _, template = base.rpartition("/")
+    name = f"{template}_{os.getpid()}"
+    admin = create_engine(f"{prefix}/postgres".replace("postgresql://", "postgresql+psycopg2://", 1),
+                          isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    url = f"{prefix}/{name}"
     upgrade(url)
-    return url
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
 
 
 def truncate_pg(url: str) -> None:

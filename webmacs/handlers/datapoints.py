@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import and_, delete, func, select, text
 
 from webmacs.handlers.base import ApiError, BaseHandler, authenticated
-from webmacs.ingest import MAX_BATCH, IngestError, datapoint_public_id, iso, parse_datapoint_public_id
-from webmacs.models import Event, Experiment, datapoints
+from webmacs.ingest import MAX_BATCH, MAX_BATCH_ID, IngestError, datapoint_public_id, iso, parse_datapoint_public_id
+from webmacs.models import Event, Experiment, UTCDateTime, datapoints
 from webmacs.validation import List, Num, Obj, Str, ValidationError, validate
 
 POINT_SPEC = {"value": Num(required=True), "event_public_id": Str(1, 64, required=True)}
@@ -85,10 +85,12 @@ class DatapointsHandler(BaseHandler):
 class DatapointsBatchHandler(BaseHandler):
     @authenticated("operator")
     async def post(self) -> None:
-        body = self.validated({"datapoints": List(Obj(), max_items=MAX_BATCH, required=True)})
+        body = self.validated({"datapoints": List(Obj(), max_items=MAX_BATCH, required=True),
+                               "batch_id": Str(1, MAX_BATCH_ID, strip=False)})  # optional: see docs/telemetry-acks.md
         _check_points(body["datapoints"])
+        batch_id = body.get("batch_id")
         try:
-            result = await self.services.pipeline.ingest(body["datapoints"])
+            result = await self.services.pipeline.ingest(body["datapoints"], batch_id=batch_id)
         except IngestError as exc:
             raise ApiError(503 if exc.retry else 422, exc.message) from None
         self.send({
@@ -96,6 +98,7 @@ class DatapointsBatchHandler(BaseHandler):
             "message": f"{result.accepted} datapoints created.",
             "accepted": result.accepted,
             "rejected": result.rejected,
+            **({"batch_id": batch_id, "duplicate": result.duplicate} if batch_id is not None else {}),
         }, 201)
 
 
@@ -116,7 +119,7 @@ def latest_per_event(session) -> list[dict]:
             "  ORDER BY time DESC, id DESC LIMIT 1) "
             "LEFT JOIN experiments x ON x.id = d.experiment_id ORDER BY e.id"
         )
-    rows = session.execute(text(sql).columns(datapoints.c.time)).all()
+    rows = session.execute(text(sql).columns(time=UTCDateTime())).all()
     return [datapoint_dict(r) for r in rows]
 
 
