@@ -78,6 +78,20 @@ class _Socket(WebSocketHandler):
     def error(self, message: str, **extra: Any) -> None:
         self.send({"type": "error", "message": message, **extra})
 
+    async def on_message(self, message: str | bytes) -> None:
+        if self.conn is None:  # not (or no longer) authenticated
+            return
+        data = self.parse(message)
+        if data is None:
+            return
+        if data.get("type") == "ping":
+            self.send({"type": "pong"})
+            return
+        await self.handle(data)
+
+    async def handle(self, data: dict) -> None:
+        raise NotImplementedError
+
     def parse(self, message: str | bytes) -> dict | None:
         """The frame as a JSON object, or None after answering an error."""
         try:
@@ -103,15 +117,7 @@ class TelemetryHandler(_Socket):
         else:
             self.error(message, batch_id=batch_id, retry=retry, **({"errors": errors} if errors else {}))
 
-    async def on_message(self, message: str | bytes) -> None:
-        if self.conn is None:
-            return
-        data = self.parse(message)
-        if data is None:
-            return
-        if data.get("type") == "ping":
-            self.send({"type": "pong"})
-            return
+    async def handle(self, data: dict) -> None:
         batch_id = data.get("batch_id")
         if batch_id is not None and (not isinstance(batch_id, str) or not 0 < len(batch_id) <= MAX_BATCH_ID):
             self.error(f"Invalid batch_id: must be a string of 1 to {MAX_BATCH_ID} characters")
@@ -159,16 +165,8 @@ class StreamHandler(_Socket):
             return
         await super().get(*args, **kwargs)
 
-    def on_message(self, message: str | bytes) -> None:
-        if self.conn is None:
-            return
-        data = self.parse(message)
-        if data is None:
-            return
-        if data.get("type") == "ping":
-            self.send({"type": "pong"})
-        else:
-            self.error("Unsupported message: this stream is read-only (send {\"type\": \"ping\"})")
+    async def handle(self, data: dict) -> None:
+        self.error("Unsupported message: this stream is read-only (send {\"type\": \"ping\"})")
 
 
 default_handlers = [
