@@ -463,3 +463,53 @@ async def test_many_subscribers_get_same_frame(server):
     await tel.recv_type("ack")
     frames = [await s.recv_type("datapoints_batch") for s in subs]
     assert all(json.dumps(f, sort_keys=True) == json.dumps(frames[0], sort_keys=True) for f in frames)
+
+
+async def test_memory_bounded_with_1000_stalled_subscribers(server):
+    """1,000 dashboards that never read: the server keeps at most max_pending_bytes
+    (+ one frame) per client, the flush stays fast and a healthy client is served."""
+    hub = server.services.hub
+    server.services.stop_callbacks()
+    hub.max_pending_bytes = 32 * 1024
+    events = await server.linked_events(5)
+    token = server.admin_token
+    request = (f"GET {STREAM}?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+               "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+               "Sec-WebSocket-Version: 13\r\n\r\n").encode()
+    raws = []
+    try:
+        for _ in range(1000):
+            raw = socket.socket()
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+            raw.setblocking(False)
+            try:
+                raw.connect(("127.0.0.1", server.port))
+            except BlockingIOError:
+                pass
+            raws.append(raw)
+        loop = asyncio.get_running_loop()
+        for raw in raws:
+            await loop.sock_sendall(raw, request)
+        await wait_for(lambda: hub.count("frontend") == 1000, timeout=60, message="1000 subscribers")
+        healthy = await server.ws(STREAM)
+        tel = await server.ws(TELEMETRY)
+        pad = "y" * 8192
+        flush_times = []
+        for round_no in range(40):
+            await tel.send({"datapoints": [{"value": float(round_no), "event_public_id": e} for e in events],
+                            "batch_id": f"k{round_no}"})
+            await tel.recv_type("ack")
+            hub.broadcast("frontend", {"type": "noop", "pad": pad})  # make frames heavy
+            start = time.monotonic()
+            hub.flush()
+            flush_times.append(time.monotonic() - start)
+            msg = await healthy.recv_type("datapoints_batch", timeout=5)
+            assert msg["datapoints"][0]["value"] == float(round_no)
+        per_client = [c.pending_bytes for c in hub.groups["frontend"]]
+        assert max(per_client) <= hub.max_pending_bytes + 16 * 1024
+        assert sum(per_client) <= 1001 * (hub.max_pending_bytes + 16 * 1024)
+        assert sum(1 for c in hub.groups["frontend"] if c.behind_since is not None) >= 100
+        assert sorted(flush_times)[len(flush_times) // 2] < 0.25, flush_times
+    finally:
+        for raw in raws:
+            raw.close()
