@@ -10,6 +10,7 @@ async def test_create_get_delete_datapoint(server):
     created = await server.request("POST", "/api/v1/datapoints", {"value": 23.45, "event_public_id": event})
     assert created.code == 201
     dp = created.json
+    assert dp.pop("status") == "success" and dp.pop("message")
     assert dp["value"] == 23.45 and dp["event_public_id"] == event and dp["experiment_public_id"] is None
     assert dp["public_id"] and dp["timestamp"]
     got = await server.request("GET", f"/api/v1/datapoints/{dp['public_id']}")
@@ -78,5 +79,6 @@ async def test_roles_on_datapoints(server):
 async def test_health_reports_last_datapoint(server):
     [event] = await server.linked_events(1)
     dp = (await server.request("POST", "/api/v1/datapoints", {"value": 1.0, "event_public_id": event})).json
+    assert dp["status"] == "success"
     health = (await server.request("GET", "/health", token=None)).json
     assert health["last_datapoint"] == dp["timestamp"]

@@ -10,6 +10,7 @@ async def test_events_crud(server):
                                                               "unit": "°C", "min_value": 0.0, "max_value": 200.0})
     assert created.code == 201
     ev = created.json
+    assert ev.pop("status") == "success" and ev.pop("message") == "Event successfully created."
     assert ev["name"] == "Inlet Temperature" and ev["unit"] == "°C" and ev["min_value"] == 0.0
     assert ev["type"] == "sensor" and ev["public_id"] and ev["user_public_id"]
     dup = await server.request("POST", "/api/v1/events", {"name": "Inlet Temperature", "type": "sensor"})
@@ -93,7 +94,7 @@ async def test_plugins_available_and_instance_with_auto_events(server):
                                                                "demo_mode": True, "auto_create_events": True})
     assert created.code == 201
     inst = created.json
-    assert inst["status"] == "demo" and inst["enabled"] is True and inst["demo_mode"] is True
+    assert inst["status"] == "success" and inst["enabled"] is True and inst["demo_mode"] is True
     channels = {m["channel_id"]: m for m in inst["channel_mappings"]}
     assert set(channels) == {"temperature", "pressure", "valve"}
     assert all(m["event_public_id"] for m in channels.values())
@@ -107,12 +108,13 @@ async def test_plugins_available_and_instance_with_auto_events(server):
 
 async def test_plugin_instance_crud_and_channels(server):
     created = await server.request("POST", "/api/v1/plugins", {"plugin_id": "simulated", "instance_name": "Rig"})
-    assert created.code == 201 and created.json["status"] == "connected"
+    assert created.code == 201 and created.json["enabled"] is True
     pid = created.json["public_id"]
     assert all(m["event_public_id"] is None for m in created.json["channel_mappings"])
     assert (await server.request("POST", "/api/v1/plugins", {"plugin_id": "nope", "instance_name": "x"})).code == 422
     upd = await server.request("PUT", f"/api/v1/plugins/{pid}", {"enabled": False, "config_json": {"a": 1}})
-    assert upd.code == 200 and upd.json["enabled"] is False and upd.json["status"] == "inactive"
+    assert upd.code == 200 and upd.json["enabled"] is False
+    assert (await server.request("GET", f"/api/v1/plugins/{pid}")).json["status"] == "inactive"
     assert upd.json["config_json"] == {"a": 1}
     ev = (await server.request("POST", "/api/v1/events", {"name": "Custom", "type": "sensor"})).json
     ch = await server.request("POST", f"/api/v1/plugins/{pid}/channels", {

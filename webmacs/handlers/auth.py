@@ -118,7 +118,7 @@ class UsersHandler(BaseHandler):
                 raise ApiError(409, "A user with this email or username already exists.") from None
             return user_dict(user)
 
-        self.send(await self.db.session(create), 201)
+        self.success("User successfully created.", 201, await self.db.session(create))
 
 
 class UserHandler(BaseHandler):
@@ -149,7 +149,7 @@ class UserHandler(BaseHandler):
                 raise ApiError(409, "A user with this email or username already exists.") from None
             return user_dict(user)
 
-        self.send(await self.db.session(update))
+        self.success("User successfully updated.", resource=await self.db.session(update))
 
     @authenticated("admin")
     async def delete(self, public_id: str) -> None:
@@ -162,7 +162,7 @@ class UserHandler(BaseHandler):
 
         user_id = await self.db.session(remove)
         self.services.hub.disconnect(lambda c: c.user_id == user_id, USER_NOT_FOUND)
-        self.success("User deleted.")
+        self.success("User successfully deleted.")
 
 
 class TokensHandler(BaseHandler):

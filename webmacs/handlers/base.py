@@ -77,8 +77,9 @@ class BaseHandler(RequestHandler):
         self.set_status(status)
         self.finish(dumps(obj))
 
-    def success(self, message: str, status: int = 200) -> None:
-        self.send({"status": "success", "message": message}, status)
+    def success(self, message: str, status: int = 200, resource: dict | None = None) -> None:
+        """The contract's StatusResponse; writes also carry the resource they made or changed."""
+        self.send({**(resource or {}), "status": "success", "message": message}, status)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         detail = self._reason

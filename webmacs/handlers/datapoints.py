@@ -76,10 +76,11 @@ class DatapointsHandler(BaseHandler):
         except IngestError as exc:
             raise ApiError(503 if exc.retry else 422, exc.errors[0] if exc.errors else exc.message) from None
         public_id = result.ids[0]
-        self.send({"public_id": public_id, "value": float(body["value"]),
-                   "timestamp": iso(parse_datapoint_public_id(public_id)[1]),
-                   "event_public_id": body["event_public_id"],
-                   "experiment_public_id": result.experiment_public_id}, 201)
+        self.success("Datapoint successfully created.", 201, {
+            "public_id": public_id, "value": float(body["value"]),
+            "timestamp": iso(parse_datapoint_public_id(public_id)[1]),
+            "event_public_id": body["event_public_id"],
+            "experiment_public_id": result.experiment_public_id})
 
 
 class DatapointsBatchHandler(BaseHandler):
@@ -159,7 +160,7 @@ class DatapointHandler(BaseHandler):
                 raise ApiError(404, "Datapoint not found.")
 
         await self.db.session(remove)
-        self.success("Datapoint deleted.")
+        self.success("Datapoint successfully deleted.")
 
 
 default_handlers = [

@@ -90,7 +90,7 @@ class EventsHandler(_Invalidating):
                 raise ApiError(409, "An event with this name already exists.") from None
             return event_dict(event, self.principal.public_id)
 
-        self.send(await self.commit(create), 201)
+        self.success("Event successfully created.", 201, await self.commit(create))
 
 
 class EventHandler(_Invalidating):
@@ -117,7 +117,7 @@ class EventHandler(_Invalidating):
                 raise ApiError(409, "An event with this name already exists.") from None
             return event_dict(event, _owner_id(session, event.user_id))
 
-        self.send(await self.commit(update))
+        self.success("Event successfully updated.", resource=await self.commit(update))
 
     @authenticated("operator")
     async def delete(self, public_id: str) -> None:
@@ -127,7 +127,7 @@ class EventHandler(_Invalidating):
         await self.commit(remove)
         if self.services.rules is not None:
             self.services.rules.invalidate()
-        self.success("Event deleted.")
+        self.success("Event successfully deleted.")
 
 
 # --- experiments ---------------------------------------------------------------------
@@ -178,7 +178,7 @@ class ExperimentsHandler(_Invalidating):
 
         exp = await self.commit(create)
         _experiment_event(self.services, "started", exp)
-        self.send(exp, 201)
+        self.success("Experiment successfully created.", 201, exp)
 
 
 class ExperimentHandler(_Invalidating):
@@ -200,7 +200,7 @@ class ExperimentHandler(_Invalidating):
                 exp.name = body["name"]
             return experiment_dict(exp, _owner_id(session, exp.user_id))
 
-        self.send(await self.commit(update))
+        self.success("Experiment successfully updated.", resource=await self.commit(update))
 
     @authenticated("operator")
     async def delete(self, public_id: str) -> None:
@@ -210,7 +210,7 @@ class ExperimentHandler(_Invalidating):
             session.delete(exp)
 
         await self.commit(remove)
-        self.success("Experiment deleted.")
+        self.success("Experiment successfully deleted.")
 
 
 class ExperimentStopHandler(_Invalidating):
@@ -227,7 +227,7 @@ class ExperimentStopHandler(_Invalidating):
 
         exp = await self.commit(stop)
         _experiment_event(self.services, "stopped", exp)
-        self.send(exp)
+        self.success("Experiment successfully stopped.", resource=exp)
 
 
 # --- plugins and channel mappings --------------------------------------------------------
@@ -355,8 +355,7 @@ class PluginsHandler(_Invalidating):
             session.flush()
             return instance_dict(session, inst)
 
-        inst = await self.commit(create)
-        self.send({"status": "success", "message": "Plugin instance created.", **inst}, 201)
+        self.success("Plugin instance created.", 201, await self.commit(create))
 
 
 class PluginHandler(_Invalidating):
@@ -382,7 +381,7 @@ class PluginHandler(_Invalidating):
             session.flush()
             return instance_dict(session, inst)
 
-        self.send(await self.commit(update))
+        self.success("Plugin instance successfully updated.", resource=await self.commit(update))
 
     @authenticated("operator")
     async def delete(self, public_id: str) -> None:
@@ -392,7 +391,7 @@ class PluginHandler(_Invalidating):
             session.delete(inst)
 
         await self.commit(remove)
-        self.success("Plugin instance deleted.")
+        self.success("Plugin instance successfully deleted.")
 
 
 class ChannelsHandler(_Invalidating):
@@ -416,7 +415,7 @@ class ChannelsHandler(_Invalidating):
             session.flush()
             return mapping_dict(m, body.get("event_public_id"))
 
-        self.send(await self.commit(create), 201)
+        self.success("Channel mapping successfully created.", 201, await self.commit(create))
 
 
 class ChannelHandler(_Invalidating):
@@ -451,12 +450,12 @@ class ChannelHandler(_Invalidating):
             session.flush()
             return mapping_dict(m, session.execute(select(Event.public_id).where(Event.id == m.event_id)).scalar())
 
-        self.send(await self.commit(update))
+        self.success("Channel mapping successfully updated.", resource=await self.commit(update))
 
     @authenticated("operator")
     async def delete(self, public_id: str, mapping_id: str) -> None:
         await self.commit(lambda s: s.delete(self._load(s, public_id, mapping_id)))
-        self.success("Channel mapping deleted.")
+        self.success("Channel mapping successfully deleted.")
 
 
 default_handlers = [
