@@ -210,14 +210,21 @@ class TestServer:
         return await self.login(email, "password-123")
 
     async def ws(self, path: str, token: str | None = "admin", expect_connected: bool = True) -> WS:
+        """Open a socket; with ``expect_connected`` wait until the server accepted it:
+        the stream's ``connected`` greeting, or a pong on telemetry (which greets no one)."""
         if token == "admin":
             token = self.admin_token
         url = self.ws_base + path + (f"?token={token}" if token is not None else "")
         sock = WS(await websocket_connect(url))
         self._sockets.append(sock)
         if expect_connected:
-            msg = await sock.recv()
-            assert msg is not None and msg["type"] == "connected", msg
+            if path.startswith("/ws/datapoints/stream"):
+                msg = await sock.recv()
+                assert msg is not None and msg["type"] == "connected", msg
+            else:
+                await sock.send({"type": "ping"})
+                msg = await sock.recv()
+                assert msg == {"type": "pong"}, msg
         return sock
 
     async def linked_events(self, n: int = 1, prefix: str = "Sensor") -> list[str]:

@@ -184,12 +184,14 @@ class FakeTelemetry(WebSocketHandler):
         self.state = state
 
     def open(self):
-        self.state["connections"] += 1
-        self.write_message(json.dumps({"type": "connected", "message": "hi"}))
+        self.state["connections"] += 1  # like the real endpoint: no greeting
 
     def on_message(self, message):
         st = self.state
         data = json.loads(message)
+        if data.get("type") == "ping":
+            self.write_message(json.dumps({"type": "pong"}))
+            return
         bid, points = data["batch_id"], data["datapoints"]
         st["received"].append(bid)
         if bid in st["contents"]:

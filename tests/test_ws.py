@@ -107,6 +107,14 @@ async def test_connected_message_and_ping_pong(server):
     assert await tel.recv() == {"type": "pong"}
 
 
+async def test_telemetry_sends_no_greeting(server):
+    """As in the spec, only stream subscribers get `connected`: a controller's first
+    reply is the answer to its first message."""
+    sock = await server.ws(TELEMETRY, expect_connected=False)
+    await sock.send({"datapoints": []})
+    assert await sock.recv() == {"type": "error", "message": "No valid datapoints in batch"}
+
+
 @pytest.mark.parametrize("frame, fragment", [
     ("not json at all", "Invalid JSON"),
     ("[1, 2, 3]", "JSON object"),

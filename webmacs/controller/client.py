@@ -517,6 +517,9 @@ class TelemetryClient:
             raise
         self._ws_eof = False
         try:
+            # The spec's telemetry endpoint sends no greeting: a ping answered by a pong
+            # proves the token was accepted (a refused one is closed with 1008 instead).
+            await conn.write_message('{"type":"ping"}')
             first = await asyncio.wait_for(conn.read_message(), self.connect_timeout)
             if first is None:
                 self._ws_eof = True
@@ -526,7 +529,7 @@ class TelemetryClient:
                 hello = json.loads(first)
             except ValueError:
                 hello = {}
-            if not isinstance(hello, dict) or hello.get("type") != "connected":
+            if not isinstance(hello, dict) or hello.get("type") not in ("pong", "connected"):
                 log.warning("unexpected first message from server: %.200r", first)
                 return
             self._stats.connected = True

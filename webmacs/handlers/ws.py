@@ -63,7 +63,8 @@ class _Socket(WebSocketHandler):
             return
         self.conn = Connection(self, self.group, principal)
         services.hub.add(self.conn)
-        self.send({"type": "connected", "message": self.connected_message})
+        if self.connected_message:
+            self.send({"type": "connected", "message": self.connected_message})
 
     def on_close(self) -> None:
         if self.conn is not None:
@@ -108,7 +109,7 @@ class _Socket(WebSocketHandler):
 class TelemetryHandler(_Socket):
     group = CONTROLLER
     role = "operator"
-    connected_message = "Telemetry connection established."
+    connected_message = ""  # the spec greets stream subscribers only
 
     def reject(self, message: str, batch_id: str | None, retry: bool = False, errors: list | None = None) -> None:
         """An error reply; spec clients (no batch_id) get exactly type and message."""
