@@ -8,6 +8,8 @@ import getpass
 import logging
 import os
 import sys
+import threading
+import time
 
 
 def _setup_logging() -> None:
@@ -27,6 +29,18 @@ def cmd_serve(args) -> int:
 
     config = Settings.from_env()
     asyncio.run(run_server(config, args.host, args.port))
+    # Everything acknowledged is committed by now. A database call that still hangs
+    # (database unreachable) must not hold the exit past the shutdown bound: the
+    # interpreter would join its thread. Leave without waiting for it.
+    deadline = time.monotonic() + 1.0
+    stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    for t in stuck:
+        t.join(max(0.0, deadline - time.monotonic()))
+    stuck = [t for t in stuck if t.is_alive()]
+    if stuck:
+        logging.getLogger("webmacs").warning("exiting with %d database call(s) still blocked", len(stuck))
+        logging.shutdown()
+        os._exit(0)
     return 0
 
 

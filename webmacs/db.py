@@ -137,6 +137,7 @@ class Database:
         except Exception:  # noqa: BLE001 - any failure means "not reachable"
             return False
 
-    def close(self) -> None:
-        self.executor.shutdown(wait=True)
+    def close(self, wait: bool = True) -> None:
+        """Stop the executor; ``wait=False`` leaves a hung call behind (process exit)."""
+        self.executor.shutdown(wait=wait, cancel_futures=not wait)
         self.engine.dispose()
