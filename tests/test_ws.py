@@ -521,3 +521,13 @@ async def test_memory_bounded_with_1000_stalled_subscribers(server):
     finally:
         for raw in raws:
             raw.close()
+
+
+@pytest.mark.parametrize("batch_id", ["", "x" * 65, 42, "nul\u0000id"])
+async def test_invalid_batch_id_rejected_without_storing(server, batch_id):
+    [event] = await server.linked_events(1)
+    tel = await server.ws(TELEMETRY)
+    await tel.send({"datapoints": [{"value": 1.0, "event_public_id": event}], "batch_id": batch_id})
+    msg = await tel.recv()
+    assert msg["type"] == "error" and "batch_id" in msg["message"] and msg.get("retry") is not True
+    assert await db_count(server) == 0

@@ -197,6 +197,8 @@ class IngestPipeline:
             raise IngestError("'datapoints' must be an array")
         if len(raw_points) > MAX_BATCH:
             raise IngestError(f"Batch too large: {len(raw_points)} datapoints (max {MAX_BATCH})")
+        if batch_id is not None and (not 0 < len(batch_id) <= MAX_BATCH_ID or "\x00" in batch_id):
+            raise IngestError(f"Invalid batch_id: must be a string of 1 to {MAX_BATCH_ID} characters, no NUL")
         now = datetime.now(timezone.utc)
         valid: list[tuple[str, float, datetime | None]] = []
         errors: list[str] = []
