@@ -88,13 +88,14 @@ class Services:
         self.pipeline.last_time = last
 
     async def start(self) -> None:
-        from webmacs.rules import RuleEngine
+        from webmacs.rules import RuleEngine, server_log
         from webmacs.webhooks import WebhookDispatcher
 
         self.webhooks = WebhookDispatcher(self)
         self.rules = RuleEngine(self)
         await self.rules.load()
         await self.webhooks.start()
+        await server_log(self, "Server started", "info")
         self._every(self.config.broadcast_interval_ms, self.hub.flush)
         self._every(1000, lambda: self.hub.expire_tokens(datetime.now(timezone.utc)))
         self._every(3600 * 1000, self._housekeeping)
@@ -163,6 +164,9 @@ async def shutdown(server: HTTPServer, services: Services) -> None:
     services.stop_callbacks()
     services.hub.flush()
     services.hub.close_all(1001, "Server shutting down")
+    from webmacs.rules import server_log
+
+    await server_log(services, "Server stopped", "info")
     if services.webhooks is not None:
         await services.webhooks.stop()
     await asyncio.sleep(0.1)  # let close frames go out
@@ -188,5 +192,5 @@ async def run_server(config: Settings, host: str, port: int) -> None:
     await stop.wait()
     log.info("shutting down")
     await shutdown(server, services)
-    services.db.close()
+    services.db.close(wait=False)
     log.info("stopped")

@@ -43,6 +43,8 @@ class Str(Field):
     def clean(self, name, value):
         if not isinstance(value, str):
             raise ValidationError(name, "must be a string")
+        if "\x00" in value:  # PostgreSQL text cannot hold NUL (psycopg2 raises ValueError: a 500)
+            raise ValidationError(name, "must not contain NUL characters")
         if self.strip:
             value = value.strip()
         if self.choices is not None and value not in self.choices:

@@ -164,6 +164,8 @@ def authenticated(role: str = "viewer") -> Callable:
 
 
 def get_or_404(session, model, public_id: str, name: str):
+    if "\x00" in public_id:  # from %00 in a path; PostgreSQL text cannot hold it (a 500)
+        raise ApiError(404, f"{name} not found.")
     obj = session.execute(select(model).where(model.public_id == public_id)).scalar_one_or_none()
     if obj is None:
         raise ApiError(404, f"{name} not found.")
