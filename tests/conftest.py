@@ -77,8 +77,14 @@ def pg_url() -> str:
     admin = create_engine(f"{prefix}/postgres".replace("postgresql://", "postgresql+psycopg2://", 1),
                           isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+        # CREATE DATABASE ... TEMPLATE fails while another run copies the same
+        # template: take turns on an advisory lock.
+        conn.execute(text("SELECT pg_advisory_lock(7245001)"))
+        try:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+            conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(7245001)"))
     url = f"{prefix}/{name}"
     upgrade(url)
     yield url

@@ -12,10 +12,10 @@ import asyncio
 import logging
 import signal
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from sqlalchemy import text
+from sqlalchemy import delete, text
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.web import Application
@@ -25,6 +25,7 @@ from webmacs.broadcast import ConnectionManager
 from webmacs.config import ConfigError, Settings
 from webmacs.db import Database, current_revision, head_revision, upgrade
 from webmacs.ingest import IngestPipeline
+from webmacs.models import IngestBatch, WebhookDelivery
 
 log = logging.getLogger("webmacs")
 
@@ -41,6 +42,12 @@ WEBSOCKET_PING_INTERVAL = 30
 # A peer that has not answered a ping in 20 s is gone; its socket is closed and
 # it leaves its group.
 WEBSOCKET_PING_TIMEOUT = 20
+# Telemetry batch ids are remembered this long (the controller spool resends within it).
+BATCH_ID_RETENTION = timedelta(hours=48)
+# Finished webhook deliveries (delivered, failed, dead_letter) are kept this long.
+DELIVERY_RETENTION = timedelta(days=30)
+# Seconds between background database checks (drives system.health_changed).
+HEALTH_CHECK_INTERVAL = 10
 
 
 class Services:
@@ -99,17 +106,25 @@ class Services:
         self._every(self.config.broadcast_interval_ms, self.hub.flush)
         self._every(1000, lambda: self.hub.expire_tokens(datetime.now(timezone.utc)))
         self._every(3600 * 1000, self._housekeeping)
+        # system.health_changed must fire when the database goes and comes back even
+        # if nobody is polling /health.
+        self._every(HEALTH_CHECK_INTERVAL * 1000, self._check_health)
 
     def _every(self, ms: float, fn) -> None:
         cb = PeriodicCallback(fn, ms)
         cb.start()
         self._callbacks.append(cb)
 
+    async def _check_health(self) -> None:
+        self.note_health(await self.db.run(self.db.ping))
+
     async def _housekeeping(self) -> None:
         def prune(session):
+            now = datetime.now(timezone.utc)
             accounts.prune_revoked(session)
-            session.execute(text("DELETE FROM ingest_batches WHERE created_on < :t"),
-                            {"t": _db_time(self.db, datetime.now(timezone.utc).timestamp() - 48 * 3600)})
+            session.execute(delete(IngestBatch).where(IngestBatch.created_on < now - BATCH_ID_RETENTION))
+            session.execute(delete(WebhookDelivery).where(
+                WebhookDelivery.status != "pending", WebhookDelivery.created_on < now - DELIVERY_RETENTION))
 
         try:
             await self.db.session(prune)
@@ -131,11 +146,6 @@ class Services:
 
     def last_datapoint_time(self) -> datetime | None:
         return self.pipeline.last_time
-
-
-def _db_time(db: Database, epoch: float):
-    dt = datetime.fromtimestamp(epoch, timezone.utc)
-    return dt.strftime("%Y-%m-%d %H:%M:%S.%f") if not db.is_postgres else dt
 
 
 def make_app(services: Services) -> Application:
