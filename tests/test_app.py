@@ -41,3 +41,15 @@ async def test_housekeeping_prunes_old_batch_ids_and_finished_deliveries(server)
     assert batches == ["new"]
     assert statuses == ["delivered", "pending"]  # old pending ones are still to be delivered
     assert await db.session(lambda s: s.execute(select(func.count()).select_from(Webhook)).scalar()) == 1
+
+
+async def test_access_log_redacts_tokens(server, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="tornado.access")
+    sock = await server.ws("/ws/datapoints/stream")
+    sock.close()
+    await server.request("GET", f"/api/v1/events?token={server.admin_token}")
+    text = "\n".join(r.getMessage() for r in caplog.records if r.name == "tornado.access")
+    assert "/ws/datapoints/stream?token=***" in text
+    assert server.admin_token not in text

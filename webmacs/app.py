@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import signal
 import time
 from datetime import datetime, timedelta, timezone
@@ -148,6 +149,22 @@ class Services:
         return self.pipeline.last_time
 
 
+_TOKEN_IN_QUERY = re.compile(r"(token=)[^&\s]+")
+access_log = logging.getLogger("tornado.access")
+
+
+def log_request(handler) -> None:
+    """Tornado's access log line, with ``?token=...`` redacted (WebSocket URLs carry JWTs)."""
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else (logging.WARNING if status < 500 else logging.ERROR)
+    if not access_log.isEnabledFor(level):
+        return
+    req = handler.request
+    uri = _TOKEN_IN_QUERY.sub(r"\1***", req.uri)
+    access_log.log(level, "%d %s %s (%s) %.2fms", status, req.method, uri, req.remote_ip,
+                   1000.0 * req.request_time())
+
+
 def make_app(services: Services) -> Application:
     from webmacs.handlers import collect_handlers
 
@@ -160,6 +177,7 @@ def make_app(services: Services) -> Application:
         websocket_ping_interval=WEBSOCKET_PING_INTERVAL,
         websocket_ping_timeout=WEBSOCKET_PING_TIMEOUT,
         compress_response=True,
+        log_function=log_request,
     )
 
 
