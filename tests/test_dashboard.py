@@ -148,10 +148,10 @@ async def test_login_live_values_chart_and_logout(server, dashboard):
 
     # a value pushed by the controller over the telemetry socket reaches the page
     telemetry = await server.ws(TELEMETRY)
-    await telemetry.send({"datapoints": [{"event_public_id": events[0], "value": 187.125},
+    await telemetry.send({"datapoints": [{"event_public_id": events[0], "value": 187.126},
                                          {"event_public_id": events[2], "value": 5.5}]})
     value = dashboard.tile(events[0]).locator(".value")
-    await expect(value).to_have_attribute("data-value", "187.125")
+    await expect(value).to_have_attribute("data-value", "187.126")
     await expect(value).to_have_text("187.13")  # shown to 5 significant digits
     await expect(dashboard.tile(events[2]).locator(".value")).to_have_attribute("data-value", "5.5")
     await expect(dashboard.tile(events[0]).locator(".age")).to_have_text("updated just now")

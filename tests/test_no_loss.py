@@ -38,6 +38,7 @@ from sqlalchemy import create_engine, text
 from tornado.httpclient import AsyncHTTPClient
 from tornado.testing import bind_unused_port
 
+from tests.conftest import wait_for
 from tests.test_shutdown import ServeProcess, client_for
 from webmacs.db import upgrade
 
@@ -182,19 +183,6 @@ async def health(port: int) -> dict | None:
         http.close()
 
 
-async def until(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
-
-
 class Controller:
     def __init__(self, tmp: Path, args: list[str]) -> None:
         self.script = tmp / "controller.py"
@@ -251,23 +239,23 @@ async def test_no_reading_lost_or_doubled(cluster, tmp_path):
         await controller.start()
 
         # (a) PostgreSQL crashes and comes back; the server reports it and recovers by itself
-        await until(lambda: controller.position() >= PER_EVENT * 0.15, 30, "15% submitted")
+        await wait_for(lambda: controller.position() >= PER_EVENT * 0.15, 30, message="15% submitted")
         cluster.stop("immediate")
         degraded = await health(server.port)
         assert degraded is not None and (degraded["status"], degraded["database"]) == ("degraded", "error"), degraded
         await asyncio.sleep(1.5)
         cluster.start()
-        await until(lambda: _ok(health(server.port)), 30, "server healthy again")
+        await wait_for(lambda: _ok(health(server.port)), 30, message="server healthy again")
 
         # (c) the controller is killed (with a backlog in its spool) and started again
-        await until(lambda: controller.position() >= PER_EVENT * 0.35, 30, "35% submitted")
+        await wait_for(lambda: controller.position() >= PER_EVENT * 0.35, 30, message="35% submitted")
         first_run = controller.report()
         await controller.kill()
         await asyncio.sleep(0.3)
         await controller.start()
 
         # (b) the server is killed and started again
-        await until(lambda: controller.position() >= PER_EVENT * 0.55, 30, "55% submitted (second run)")
+        await wait_for(lambda: controller.position() >= PER_EVENT * 0.55, 30, message="55% submitted (second run)")
         await server.kill()
         await asyncio.sleep(0.5)
         await server.start(server.port)
