@@ -22,7 +22,7 @@ async def test_create_get_delete_datapoint(server):
 
 
 @pytest.mark.parametrize("body, fragment", [
-    ({"value": "1.0", "event_public_id": "e"}, "value"),
+    ({"value": "1.0", "event_public_id": "e"}, "value: must be a number"),
     ({"value": True, "event_public_id": "e"}, "value"),
     ({"value": 1.0}, "event_public_id"),
     ({"event_public_id": "e"}, "value"),
@@ -30,6 +30,11 @@ async def test_create_get_delete_datapoint(server):
 async def test_create_validation(server, body, fragment):
     resp = await server.request("POST", "/api/v1/datapoints", body)
     assert resp.code == 422 and fragment in resp.json["detail"]
+
+
+async def test_unknown_event_is_404(server):
+    resp = await server.request("POST", "/api/v1/datapoints", {"value": 1.0, "event_public_id": "no-such-event"})
+    assert resp.code == 404 and resp.json == {"detail": "Event not found."}
 
 
 async def test_unlinked_event_is_422(server):

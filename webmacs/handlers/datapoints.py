@@ -30,6 +30,10 @@ def datapoint_dict(row) -> dict:
     }
 
 
+def _event_exists(session, public_id: str) -> bool:
+    return session.execute(select(Event.id).where(Event.public_id == public_id)).first() is not None
+
+
 def _check_points(raw: list) -> None:
     """Strict shape check for REST bodies: 422 naming the first bad field."""
     for i, point in enumerate(raw):
@@ -66,15 +70,18 @@ class DatapointsHandler(BaseHandler):
 
     @authenticated("operator")
     async def post(self) -> None:
-        body = self.json_body()
-        if not isinstance(body, dict):
-            raise ApiError(400, "Request body must be a JSON object.")
-        _check_points([body])
-        point = {k: body[k] for k in ("value", "event_public_id", "timestamp") if k in body}
+        body = self.validated(POINT_SPEC)
+        raw = self.json_body()  # the optional reading time is checked by the pipeline
+        if "timestamp" in raw:
+            body["timestamp"] = raw["timestamp"]
         try:
-            result = await self.services.pipeline.ingest([point], want_ids=True)
+            result = await self.services.pipeline.ingest([body], want_ids=True)
         except IngestError as exc:
-            raise ApiError(503 if exc.retry else 422, exc.errors[0] if exc.errors else exc.message) from None
+            if exc.retry:
+                raise ApiError(503, exc.message) from None
+            if not await self.db.session(_event_exists, body["event_public_id"]):
+                raise ApiError(404, "Event not found.") from None
+            raise ApiError(422, exc.errors[0] if exc.errors else exc.message) from None
         public_id = result.ids[0]
         self.success("Datapoint successfully created.", 201, {
             "public_id": public_id, "value": float(body["value"]),
