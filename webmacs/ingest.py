@@ -238,11 +238,12 @@ class IngestPipeline:
 
         # 4.-5. last value per event -> webhooks and rules (they queue, never block)
         exp_public = experiment[1] if experiment else None
-        last: dict[int, LastValue] = {}
-        for ts, info, value in rows:
-            prev = last.get(info.id)
-            if prev is None or ts >= prev.time:
-                last[info.id] = LastValue(info, value, ts, exp_public)
+        newest: dict[int, tuple] = {}  # plain tuples: this loop runs once per datapoint
+        for row in rows:
+            prev = newest.get(row[1].id)
+            if prev is None or row[0] >= prev[0]:
+                newest[row[1].id] = row
+        last = {eid: LastValue(info, value, ts, exp_public) for eid, (ts, info, value) in newest.items()}
         services = self.services
         if services.webhooks is not None:
             services.webhooks.sensor_readings(last.values())
@@ -298,12 +299,13 @@ class IngestPipeline:
                 self._seq_name = conn.execute(text("SELECT pg_get_serial_sequence('datapoints', 'id')")).scalar()
             row_ids = list(conn.execute(text("SELECT nextval(:s) FROM generate_series(1, :n)"),
                                         {"s": self._seq_name, "n": len(rows)}).scalars())
+            text_of = _TimeText(datetime.isoformat)
             for rid, (ts, info, value) in zip(row_ids, rows):
-                buf.write(f"{rid}\t{ts.isoformat()}\t{info.id}\t{value!r}\t{exp}\n")
+                buf.write(f"{rid}\t{text_of[ts]}\t{info.id}\t{value!r}\t{exp}\n")
             columns = "(id, time, event_id, value, experiment_id)"
         else:
-            for ts, info, value in rows:
-                buf.write(f"{ts.isoformat()}\t{info.id}\t{value!r}\t{exp}\n")
+            text_of = _TimeText(datetime.isoformat)
+            buf.write("".join([f"{text_of[ts]}\t{info.id}\t{value!r}\t{exp}\n" for ts, info, value in rows]))
             columns = "(time, event_id, value, experiment_id)"
         buf.seek(0)
         cursor = conn.connection.dbapi_connection.cursor()
@@ -314,7 +316,8 @@ class IngestPipeline:
         return [datapoint_public_id(info.id, ts, rid) for rid, (ts, info, _v) in zip(row_ids, rows)]
 
     def _insert_sqlite(self, conn, rows, exp_id, want_ids):
-        params = [(_sqlite_time(ts), info.id, value, exp_id) for ts, info, value in rows]
+        text_of = _TimeText(_sqlite_time)
+        params = [(text_of[ts], info.id, value, exp_id) for ts, info, value in rows]
         cursor = conn.connection.dbapi_connection.cursor()
         try:
             cursor.executemany("INSERT INTO datapoints (time, event_id, value, experiment_id) VALUES (?, ?, ?, ?)",
@@ -326,6 +329,18 @@ class IngestPipeline:
             return []
         first = last_id - len(rows) + 1
         return [datapoint_public_id(info.id, ts, first + i) for i, (ts, info, _v) in enumerate(rows)]
+
+
+class _TimeText(dict):
+    """Formats each distinct time once: rows of a batch mostly share the receive time."""
+
+    def __init__(self, fmt) -> None:
+        super().__init__()
+        self.fmt = fmt
+
+    def __missing__(self, ts: datetime) -> str:
+        text = self[ts] = self.fmt(ts)
+        return text
 
 
 def _sqlite_time(ts: datetime) -> str:
