@@ -278,7 +278,7 @@ datapoints = Table(
     Base.metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
     Column("time", UTCDateTime(), nullable=False),
-    Column("event_id", Integer, nullable=False),
     Column("value", Float, nullable=False),
+    Column("event_id", Integer, nullable=False),
     Column("experiment_id", Integer, nullable=True),
 )
