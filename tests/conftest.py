@@ -21,6 +21,7 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
@@ -88,9 +89,27 @@ def pg_url() -> str:
     url = f"{prefix}/{name}"
     upgrade(url)
     yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    drop_database(admin, name)
     admin.dispose()
+
+
+def drop_database(admin, name: str) -> None:
+    """DROP DATABASE without FORCE: FORCE would have to terminate TimescaleDB's
+    per-database scheduler, a superuser process. End our own sessions, then retry
+    while the scheduler lets go."""
+    deadline = time.monotonic() + 30
+    while True:
+        with admin.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = :n AND usename = current_user AND pid <> pg_backend_pid()"),
+                         {"n": name})
+            try:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+                return
+            except OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+        time.sleep(0.1)
 
 
 def truncate_pg(url: str) -> None:

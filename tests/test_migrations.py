@@ -11,6 +11,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
+from tests.conftest import drop_database
 from webmacs.db import head_revision, make_engine, upgrade
 from webmacs.models import Base
 
@@ -80,8 +81,7 @@ def test_serve_refuses_unmigrated_postgres(pg_url, tmp_path):
         assert proc.returncode == 2
         assert "run `webmacs migrate`" in proc.stderr and "Traceback" not in proc.stderr
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{fresh}" WITH (FORCE)'))
+        drop_database(admin, fresh)
         admin.dispose()
 
 
