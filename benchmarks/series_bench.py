@@ -86,9 +86,10 @@ def exists(url: str) -> bool:
 
 
 def drop(url: str) -> None:
-    name = url.rsplit("/", 1)[1]
-    with admin_engine(url).connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    """Not WITH (FORCE): that must terminate TimescaleDB's scheduler, a superuser process."""
+    from tests.conftest import drop_database
+
+    drop_database(admin_engine(url), url.rsplit("/", 1)[1])
 
 
 def load(url: str, events: int, days: int) -> None:
