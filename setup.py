@@ -9,6 +9,7 @@ setup(
     packages=[
         "webmacs",
         "webmacs.handlers",
+        "webmacs.storage",
         "webmacs.plugins",
         "webmacs.controller",
         "webmacs.migrations",

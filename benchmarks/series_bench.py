@@ -34,7 +34,8 @@ from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from webmacs.db import upgrade  # noqa: E402
-from webmacs.handlers import dashboard  # noqa: E402
+from webmacs.handlers import datapoints as datapoints_handlers  # noqa: E402
+from webmacs.storage import series  # noqa: E402
 
 SCRATCH = "webmacs_series_bench"
 TEMPLATE = "webmacs_test"
@@ -138,22 +139,22 @@ def load(url: str, events: int, days: int) -> None:
 def time_function(engine, ids, minutes, max_points, runs, strategy=None):
     """Median and max seconds of load_series (the handler's work on the DB thread);
     ``strategy`` forces "probe" or "aggregate" for every event instead of the choice."""
-    saved = dict(dashboard.AGGREGATE_ROWS_PER_POINT)
+    saved = dict(series.AGGREGATE_ROWS_PER_POINT)
     if strategy == "aggregate":
-        dashboard.AGGREGATE_ROWS_PER_POINT.update(postgresql=10**9)
+        series.AGGREGATE_ROWS_PER_POINT.update(postgresql=10**9)
     elif strategy == "probe":
-        dashboard.AGGREGATE_ROWS_PER_POINT.update(postgresql=0)
+        series.AGGREGATE_ROWS_PER_POINT.update(postgresql=0)
     try:
         times, result = [], None
         for _ in range(runs + 1):  # first run warms the caches and is not counted
             t0 = time.perf_counter()
             with Session(engine) as session:
-                result = dashboard.load_series(session, ids, minutes, max_points, END, True)
+                result = series.load_series(session, ids, minutes, max_points, END, True)
             times.append(time.perf_counter() - t0)
         times = times[1:]
     finally:
-        dashboard.AGGREGATE_ROWS_PER_POINT.clear()
-        dashboard.AGGREGATE_ROWS_PER_POINT.update(saved)
+        series.AGGREGATE_ROWS_PER_POINT.clear()
+        series.AGGREGATE_ROWS_PER_POINT.update(saved)
     points = sum(len(v) for v in result.values())
     return statistics.median(times), max(times), points
 
@@ -164,10 +165,11 @@ async def time_http(url, ids, cases, runs):
     from tornado.httpserver import HTTPServer
     from tornado.testing import bind_unused_port
 
-    from webmacs.app import Services, make_app
+    from webmacs.app import make_app
+    from webmacs.services import Services
     from webmacs.config import Settings
 
-    dashboard.utcnow = lambda: END  # the window ends where the data does
+    datapoints_handlers.utcnow = lambda: END  # the window ends where the data does
     settings = Settings.from_env({
         "WEBMACS_DATABASE_URL": url, "WEBMACS_SECRET_KEY": "bench-secret-key-0123456789-0123456789-abcdef",
         "WEBMACS_INITIAL_ADMIN_EMAIL": "bench@example.com", "WEBMACS_INITIAL_ADMIN_PASSWORD": "bench-password-1",
@@ -204,10 +206,10 @@ async def time_http(url, ids, cases, runs):
 
 def explain(engine, ids, minutes, max_points) -> None:
     """Print the plans for one event: the aggregate (time_bucket) and one segment's probes."""
-    grid = dashboard.Grid.make(END, minutes, max_points)
+    grid = series.Grid.make(END, minutes, max_points)
     with engine.connect() as conn:
         eid = conn.execute(text("SELECT id FROM events WHERE public_id = :p"), {"p": ids[0]}).scalar()
-        seg_start, seg_end = dashboard._segments(conn, grid, True)[-1]
+        seg_start, seg_end = series._segments(conn, grid, True)[-1]
         for label, sql, params in (
             ("probe (last chunk segment)",
              "EXPLAIN (ANALYZE, COSTS OFF) SELECT d.time, d.value FROM generate_series(:i0, :i1) AS b(i) "

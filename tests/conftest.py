@@ -27,10 +27,12 @@ from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 from tornado.websocket import websocket_connect
 
-from webmacs.app import Services, make_app
+from webmacs.app import make_app, shutdown
 from webmacs.config import Settings
 from webmacs.db import upgrade
+from webmacs.handlers.ws import StreamHandler
 from webmacs.models import Base
+from webmacs.services import Services
 
 ADMIN_EMAIL = "admin@example.com"
 ADMIN_PASSWORD = "admin-password-1"
@@ -77,20 +79,34 @@ def pg_url() -> str:
     name = f"{template}_{os.getpid()}"
     admin = create_engine(f"{prefix}/postgres".replace("postgresql://", "postgresql+psycopg2://", 1),
                           isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        # CREATE DATABASE ... TEMPLATE fails while another run copies the same
-        # template: take turns on an advisory lock.
-        conn.execute(text("SELECT pg_advisory_lock(7245001)"))
-        try:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-            conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
-        finally:
-            conn.execute(text("SELECT pg_advisory_unlock(7245001)"))
+    clone_template(admin, template, name)
     url = f"{prefix}/{name}"
     upgrade(url)
     yield url
     drop_database(admin, name)
     admin.dispose()
+
+
+def clone_template(admin, template: str, name: str, timeout: float = 60) -> None:
+    """(Re)create database ``name`` as a copy of ``template``. CREATE DATABASE ...
+    TEMPLATE fails while anyone is connected to the template: other test runs take
+    turns on an advisory lock, and a passing visitor (TimescaleDB's scheduler looks
+    in now and then) is waited out."""
+    deadline = time.monotonic() + timeout
+    with admin.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(7245001)"))
+        try:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+            while True:
+                try:
+                    conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+                    return
+                except OperationalError as exc:
+                    if "being accessed by other users" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                time.sleep(0.2)
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(7245001)"))
 
 
 def drop_database(admin, name: str) -> None:
@@ -289,14 +305,9 @@ async def start_server(settings: Settings) -> tuple[TestServer, HTTPServer]:
 
 
 async def stop_server(srv: TestServer, http_server: HTTPServer) -> None:
+    """The server's own shutdown (webmacs.app.shutdown), then the database."""
     await srv.close()
-    http_server.stop()
-    srv.services.stop_callbacks()
-    srv.services.hub.close_all()
-    if srv.services.webhooks is not None:
-        await srv.services.webhooks.stop()
-    await asyncio.sleep(0.05)
-    await asyncio.wait_for(http_server.close_all_connections(), 5)
+    await shutdown(http_server, srv.services)
     srv.services.db.close()
 
 
@@ -313,6 +324,29 @@ async def server(server_settings) -> TestServer:
         yield srv
     finally:
         await stop_server(srv, http_server)
+
+
+class StreamRefusal:
+    """While ``on``, ``/ws/datapoints/stream`` answers upgrades with HTTP 503, as a
+    proxy in front of a restarting server would."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.on = False
+        upgrade = StreamHandler.get
+
+        async def get(handler, *args, **kwargs):
+            if self.on:
+                handler.set_status(503)
+                handler.finish()
+                return
+            await upgrade(handler, *args, **kwargs)
+
+        monkeypatch.setattr(StreamHandler, "get", get)
+
+
+@pytest.fixture
+def stream_refusal(monkeypatch) -> StreamRefusal:
+    return StreamRefusal(monkeypatch)
 
 
 ServerFactory = Callable[..., Awaitable[TestServer]]

@@ -4,6 +4,7 @@ the ``webmacs controller`` command (config errors, plugin drivers, re-sync, SIGT
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -308,14 +309,39 @@ async def test_client_reconnects_with_backoff_when_server_is_down(tmp_path):
     await client.start()
     try:
         client.submit("e", 1.0)
-        await asyncio.sleep(0.5)
+        # kept trying, spaced by the (capped) backoff
+        await wait_for(lambda: client._connect_backoff.attempts >= 3, message="three connection attempts")
         assert client.stats.pending == 1 and not client.stats.connected
-        assert client._connect_backoff.attempts >= 3  # kept trying, spaced by the (capped) backoff
     finally:
         await client.close()
 
 
 # --- against the real server ----------------------------------------------------------------
+
+def spooled(path) -> int:
+    """Readings in a controller's spool file, read beside the running controller."""
+    if not path.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(str(path), timeout=5)) as db:
+        try:
+            return db.execute("SELECT count(*) FROM readings").fetchone()[0]
+        except sqlite3.OperationalError:  # schema not created yet
+            return 0
+
+
+def stopped_while(services, quiet: str, busy: str, readings: int):
+    """A predicate: true once ``busy`` got ``readings`` more rows while ``quiet`` got none."""
+    seen = {"quiet": -1, "busy": 0}
+
+    def check() -> bool:
+        q, b = count_rows(services, [quiet]), count_rows(services, [busy])
+        if q != seen["quiet"]:
+            seen.update(quiet=q, busy=b)
+            return False
+        return b >= seen["busy"] + readings
+
+    return check
+
 
 def count_rows(services, events: list[str]) -> int:
     engine = services.db.engine
@@ -452,12 +478,14 @@ async def test_controller_runs_plugins_resyncs_and_stops_cleanly(server, tmp_pat
         resp = await server.request("PUT", f"/api/v1/plugins/{instance}/channels/{mappings['valve']['public_id']}",
                                     {"event_public_id": None})
         assert resp.code == 200, resp
-        await asyncio.sleep(2.0)  # > sync interval + poll interval + linger
+        # the controller re-syncs: valve readings stop while temperature goes on
+        await wait_for(stopped_while(svc, events["valve"], events["temperature"], readings=5), timeout=15,
+                       interval=0.1, message="valve readings to stop after the re-sync")
         valve_rows = count_rows(svc, [events["valve"]])
         temp_rows = count_rows(svc, [events["temperature"]])
-        await asyncio.sleep(1.5)
+        await wait_for(lambda: count_rows(svc, [events["temperature"]]) >= temp_rows + 5, timeout=10,
+                       message="more temperature readings")
         assert count_rows(svc, [events["valve"]]) == valve_rows
-        assert count_rows(svc, [events["temperature"]]) > temp_rows
         resp = await server.request("GET", f"/api/v1/datapoints?event_public_id={events['pressure']}&page_size=5")
         for dp in resp.json["data"]:  # each reading carries its own reading time
             ts = datetime.fromisoformat(dp["timestamp"]).replace(tzinfo=timezone.utc)
@@ -480,7 +508,7 @@ async def test_controller_runs_plugins_resyncs_and_stops_cleanly(server, tmp_pat
     sock.close()
     down = dict(env, WEBMACS_SERVER_URL=f"http://127.0.0.1:{port}", WEBMACS_FLUSH_TIMEOUT="1")
     proc = await start_controller(down, log_path)
-    await asyncio.sleep(2.0)
+    await wait_for(lambda: spooled(spool) >= 10, timeout=15, message="readings spooled while the server is down")
     rc, took = await stop_controller(proc)
     assert rc == 0 and took < 5, log_path.read_text()
     check = Spool(str(spool))

@@ -14,9 +14,9 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.simple_httpclient import HTTPStreamClosedError
 
 from tests.conftest import wait_for
-from webmacs.handlers import dashboard
-from webmacs.handlers.dashboard import export_filename
-from webmacs.ingest import _sqlite_time
+from webmacs.storage import export
+from webmacs.storage.export import export_filename
+from webmacs.timefmt import sqlite_text
 
 HEADER = "timestamp,event_name,event_public_id,value,unit,datapoint_public_id"
 
@@ -49,14 +49,14 @@ def parse(body: bytes) -> list[dict]:
 def page_calls(monkeypatch):
     """Record every page the export fetches (rows held by the server at once)."""
     calls: list[int] = []
-    original = dashboard.CsvExport.next_page
+    original = export.CsvExport.next_page
 
     def counting(self):
         chunk = original(self)
         calls.append(chunk.count(b"\n"))
         return chunk
 
-    monkeypatch.setattr(dashboard.CsvExport, "next_page", counting)
+    monkeypatch.setattr(export.CsvExport, "next_page", counting)
     return calls
 
 
@@ -155,7 +155,7 @@ async def test_only_the_experiments_rows(server):
 
 async def test_ties_on_time_are_paged_exactly_once(server, monkeypatch, page_calls):
     """A batch without timestamps shares one time: keyset (time, id) pages through it."""
-    monkeypatch.setattr(dashboard, "CSV_PAGE_ROWS", 7)
+    monkeypatch.setattr(export, "CSV_PAGE_ROWS", 7)
     a, b = await server.linked_events(2)
     exp = await start_experiment(server)
     expected = []
@@ -208,13 +208,13 @@ async def large_experiment(server) -> tuple[str, list[int]]:
     def load(session):
         exp_id = session.execute(text("SELECT id FROM experiments WHERE public_id = :p"), {"p": exp}).scalar()
         session.execute(text("UPDATE experiments SET started_on = :s WHERE id = :i"),
-                        {"s": start if session.bind.dialect.name != "sqlite" else _sqlite_time(start), "i": exp_id})
+                        {"s": start if session.bind.dialect.name != "sqlite" else sqlite_text(start), "i": exp_id})
         ids = [session.execute(text("SELECT id FROM events WHERE public_id = :p"), {"p": e}).scalar()
                for e in events]
         if session.bind.dialect.name == "sqlite":
             session.execute(text("INSERT INTO datapoints (time, event_id, value, experiment_id) "
                                  "VALUES (:t, :e, :v, :x)"),
-                            [{"t": _sqlite_time(start + k * step), "e": ids[k % 4], "v": k * 0.5, "x": exp_id}
+                            [{"t": sqlite_text(start + k * step), "e": ids[k % 4], "v": k * 0.5, "x": exp_id}
                              for k in range(LARGE)])
         else:
             session.execute(text(
@@ -257,8 +257,8 @@ async def test_large_export_streams_in_constant_memory(server, page_calls):
     assert got["lines"] == LARGE + 1
     # Pages of at most CSV_PAGE_ROWS rows, and the first rows reached the client while
     # the server had fetched only the first few of them: the body was never built whole.
-    assert max(page_calls) <= dashboard.CSV_PAGE_ROWS and sum(page_calls) == LARGE
-    assert len(page_calls) >= LARGE // dashboard.CSV_PAGE_ROWS
+    assert max(page_calls) <= export.CSV_PAGE_ROWS and sum(page_calls) == LARGE
+    assert len(page_calls) >= LARGE // export.CSV_PAGE_ROWS
     assert got["pages_at_first_row"] is not None and got["pages_at_first_row"] <= 3, got
     # ~21 MB of CSV went through; holding it (or its 200k rows) would be far more than this
     assert got["peak"] < 16 * 1024 * 1024, f"RSS grew by {got['peak'] / 2**20:.1f} MiB"
@@ -292,8 +292,8 @@ async def test_failure_mid_stream_is_not_a_clean_end(server, monkeypatch):
     [event] = await server.linked_events(1)
     exp = await start_experiment(server)
     await push(server, [{"event_public_id": event, "value": float(i)} for i in range(30)])
-    monkeypatch.setattr(dashboard, "CSV_PAGE_ROWS", 10)
-    original = dashboard.CsvExport.next_page
+    monkeypatch.setattr(export, "CSV_PAGE_ROWS", 10)
+    original = export.CsvExport.next_page
     calls = []
 
     def failing(self):
@@ -302,7 +302,7 @@ async def test_failure_mid_stream_is_not_a_clean_end(server, monkeypatch):
             raise RuntimeError("database went away")
         return original(self)
 
-    monkeypatch.setattr(dashboard.CsvExport, "next_page", failing)
+    monkeypatch.setattr(export.CsvExport, "next_page", failing)
     with pytest.raises(HTTPStreamClosedError):  # closed before the terminating chunk
         await server.request("GET", export_path(exp))
     assert len(calls) == 2

@@ -173,7 +173,7 @@ async def test_login_live_values_chart_and_logout(server, dashboard):
     await expect(page.locator(".tile")).to_have_count(0)
 
 
-async def test_polling_fallback_and_back_to_websocket(server, dashboard):
+async def test_polling_fallback_and_back_to_websocket(server, dashboard, stream_refusal):
     [event] = await make_events(server, [("Inlet Temperature", "°C")])
     page = dashboard.page
     await dashboard.login()
@@ -182,7 +182,7 @@ async def test_polling_fallback_and_back_to_websocket(server, dashboard):
 
     # The stream refuses upgrades and the open sockets are dropped: three failed
     # attempts later the page polls /datapoints/latest.
-    services.refuse_stream = True
+    stream_refusal.on = True
     assert services.hub.disconnect(lambda c: c.group == FRONTEND, "Service restart", code=1012) == 1
     await expect(page.locator("#connection-mode")).to_have_text("polling", timeout=15_000)
     assert await page.evaluate("window.webmacs.failures") >= 3
@@ -196,7 +196,7 @@ async def test_polling_fallback_and_back_to_websocket(server, dashboard):
     assert dashboard.latest_requests(since=polling_since) >= 2
 
     # The stream is back: the retry connects, polling stops.
-    services.refuse_stream = False
+    stream_refusal.on = False
     await expect(page.locator("#connection-mode")).to_have_text("websocket", timeout=10_000)
     back = time.monotonic()
     assert services.hub.count(FRONTEND) == 1

@@ -11,7 +11,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
-from tests.conftest import drop_database
+from tests.conftest import clone_template, drop_database
 from webmacs.db import head_revision, make_engine, upgrade
 from webmacs.models import Base
 
@@ -123,3 +123,60 @@ def test_create_user_cli(tmp_path):
     with engine.connect() as conn:
         assert conn.execute(text("SELECT role FROM users WHERE email='ops@example.com'")).scalar() == "operator"
     engine.dispose()
+
+
+def _datapoints_columns(url: str) -> dict[str, bool]:
+    """datapoints' columns and whether each is nullable (built by hand per backend, so
+    _orm_diff leaves it out). SQLite reports its rowid alias ``id`` as nullable."""
+    engine = make_engine(url)
+    cols = {c["name"]: c["nullable"] and not (c["name"] == "id" and engine.dialect.name == "sqlite")
+            for c in inspect(engine).get_columns("datapoints")}
+    engine.dispose()
+    return cols
+
+
+MODEL_DATAPOINTS = {c.name: c.nullable for c in Base.metadata.tables["datapoints"].columns}
+
+
+def _down_and_up(url: str) -> None:
+    """head -> base (nothing but alembic_version) -> head, matching the models again."""
+    from alembic import command
+
+    from webmacs.db import alembic_config
+
+    command.downgrade(alembic_config(url), "base")
+    engine = make_engine(url)
+    assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+    engine.dispose()
+    upgrade(url)
+    assert _orm_diff(url) == [] and _datapoints_columns(url) == MODEL_DATAPOINTS
+
+
+def test_sqlite_downgrade_and_upgrade_again(tmp_path):
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    upgrade(url)
+    assert _datapoints_columns(url) == MODEL_DATAPOINTS
+    _down_and_up(url)
+
+
+def test_timescaledb_downgrade_and_upgrade_again(pg_url):
+    """On a scratch database of its own (the session's database stays migrated)."""
+    prefix, _, name = pg_url.rpartition("/")
+    scratch = f"{name}_updown"
+    admin = create_engine(f"{prefix}/postgres".replace("postgresql://", "postgresql+psycopg2://", 1),
+                          isolation_level="AUTOCOMMIT")
+    template = os.environ["WEBMACS_TEST_PG_URL"].rpartition("/")[2]
+    clone_template(admin, template, scratch)
+    url = f"{prefix}/{scratch}"
+    try:
+        upgrade(url)
+        assert _datapoints_columns(url) == MODEL_DATAPOINTS
+        _down_and_up(url)
+        engine = make_engine(url)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM timescaledb_information.hypertables "
+                                     "WHERE hypertable_name = 'datapoints'")).scalar() == 1
+        engine.dispose()
+    finally:
+        drop_database(admin, scratch)
+        admin.dispose()

@@ -184,8 +184,7 @@ async def test_cooldown_across_restart_and_processes(database_url):
         (event,) = await a.linked_events(1)
         rule = await create_rule(a, event, name="cool", operator="gt", threshold=10, cooldown_seconds=3600)
         await create_rule(a, event, name="witness", operator="gt", threshold=10, cooldown_seconds=0)
-        b.services.pipeline.invalidate()  # b learns about the new links and rules as its refresh would
-        b.services.rules.invalidate()
+        await b.services.changes.changed("linkage", "rules")  # b learns of them as its refresh would
         await asyncio.gather(send(a, event, 11), send(b, event, 12))
 
         async def both_processed():

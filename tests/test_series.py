@@ -7,7 +7,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import text
 
-from webmacs.handlers import dashboard
+from webmacs.handlers import datapoints as datapoints_handlers
+from webmacs.storage import series as series_storage
 
 SERIES = "/api/v1/datapoints/series"
 
@@ -16,7 +17,7 @@ SERIES = "/api/v1/datapoints/series"
 def fixed_now(monkeypatch):
     """The server's "now" for the series window, on a whole second."""
     now = datetime.now(timezone.utc).replace(microsecond=0)
-    monkeypatch.setattr(dashboard, "utcnow", lambda: now)
+    monkeypatch.setattr(datapoints_handlers, "utcnow", lambda: now)
     return now
 
 
@@ -108,7 +109,7 @@ async def test_event_without_readings_is_empty(server, fixed_now):
 @pytest.mark.parametrize("strategy", ["aggregate", "probe", "aggregate-plain-sql", "probe-plain-sql"])
 async def test_downsampled_to_at_most_max_points_keeping_the_latest(server, fixed_now, monkeypatch, strategy):
     factor = 10**9 if strategy.startswith("aggregate") else 0
-    monkeypatch.setattr(dashboard, "AGGREGATE_ROWS_PER_POINT", {"postgresql": factor, "sqlite": factor})
+    monkeypatch.setattr(series_storage, "AGGREGATE_ROWS_PER_POINT", {"postgresql": factor, "sqlite": factor})
     if strategy.endswith("plain-sql"):  # the plain-PostgreSQL queries (no time_bucket, no chunks)
         monkeypatch.setattr(server.services.db, "has_timescale", False)
     a, b = await server.linked_events(2)
@@ -134,7 +135,7 @@ async def test_probe_and_aggregate_agree(server, fixed_now, monkeypatch):
     await push(server, event, points)
     answers = []
     for factor in (0, 10**9):
-        monkeypatch.setattr(dashboard, "AGGREGATE_ROWS_PER_POINT", {"postgresql": factor, "sqlite": factor})
+        monkeypatch.setattr(series_storage, "AGGREGATE_ROWS_PER_POINT", {"postgresql": factor, "sqlite": factor})
         answers.append((await series(server, [event], minutes=30, max_points=37)).json[event])
     assert answers[0] == answers[1]
     assert len(answers[0]) <= 37
@@ -218,7 +219,7 @@ async def test_probe_across_chunk_boundaries(server, fixed_now, monkeypatch):
     if db.has_timescale:
         await db.session(chunk_interval, "7 minutes")
     try:
-        monkeypatch.setattr(dashboard, "AGGREGATE_ROWS_PER_POINT", {"postgresql": 0, "sqlite": 0})
+        monkeypatch.setattr(series_storage, "AGGREGATE_ROWS_PER_POINT", {"postgresql": 0, "sqlite": 0})
         [event] = await server.linked_events(1)
         points = [(fixed_now - timedelta(seconds=k + 0.5), float(k)) for k in range(3000)]
         await push(server, event, points)

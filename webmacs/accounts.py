@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
@@ -103,5 +103,3 @@ def ensure_initial_admin(session: Session, email: str | None, username: str, pas
     return True
 
 
-def is_expired(principal: Principal) -> bool:
-    return principal.expires_at is not None and principal.expires_at <= datetime.now(timezone.utc)

@@ -1,7 +1,10 @@
 """The connection manager: named groups, the per-event coalescing buffer, and slow clients.
 
-The ingest pipeline never writes to a socket. It calls :meth:`ConnectionManager.publish`
-which only overwrites ``buffer[event] = latest point``. Every
+The ingest pipeline never writes to a socket. Its listener
+:meth:`ConnectionManager.publish_readings` (registered at start) calls
+:meth:`ConnectionManager.publish`, which only overwrites ``buffer[event] = latest
+point`` — and ignores a point older than the one already shown for its event, so a
+late batch never moves a dashboard backwards. Every
 ``broadcast_interval_ms`` one ``PeriodicCallback`` calls :meth:`flush`, which
 encodes one ``datapoints_batch`` frame **once** and hands the same bytes to
 every subscriber of the ``"frontend"`` group. So an event is broadcast at most
@@ -15,25 +18,26 @@ backlog drains it is sent the current latest value of each missed event, so it
 may skip intermediate values but never the latest. A connection behind for
 longer than ``stall_timeout`` seconds is closed. Memory per client is therefore
 bounded by ``max_pending_bytes`` plus one frame, whatever the client does.
+
+Threading: everything here runs on the IOLoop thread (publish, flush, the
+``write_message`` callbacks); nothing is locked because nothing else touches it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any, Callable, Iterable
 
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
+from webmacs import timefmt
+from webmacs.jsoncodec import encode
+
 log = logging.getLogger("webmacs.broadcast")
 
 FRONTEND = "frontend"
 CONTROLLER = "controller"
-
-
-def encode(payload: Any) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
 
 
 class Connection:
@@ -72,8 +76,6 @@ class ConnectionManager:
         self.buffer: dict[str, dict] = {}
         # event_public_id -> the latest point ever seen (for clients catching up)
         self.latest: dict[str, dict] = {}
-        self.frames_sent = 0
-        self.frames_skipped = 0
 
     # --- membership -----------------------------------------------------------
     def add(self, conn: Connection) -> None:
@@ -104,11 +106,26 @@ class ConnectionManager:
             conn.close(code, reason)
 
     # --- data -------------------------------------------------------------------
+    def publish_readings(self, last_values: Iterable) -> None:
+        """Ingest listener: the last value per event of a committed batch
+        (:class:`webmacs.ingest.LastValue`), in the spec's broadcast shape."""
+        self.publish([{
+            "value": lv.value,
+            "event_public_id": lv.event.public_id,
+            "timestamp": timefmt.api(lv.time),
+            "experiment_public_id": lv.experiment_public_id,
+        } for lv in last_values])
+
     def publish(self, points: Iterable[dict]) -> None:
-        """Called by the pipeline after a commit: keep only the newest point per event."""
+        """Keep only the newest point per event until the next flush; a point older
+        than the latest already seen for its event is dropped (timestamps are
+        :func:`webmacs.timefmt.api` text, which compares like the times)."""
         buffer, latest = self.buffer, self.latest
         for point in points:
             key = point["event_public_id"]
+            shown = latest.get(key)
+            if shown is not None and shown["timestamp"] > point["timestamp"]:
+                continue
             buffer[key] = point
             latest[key] = point
 
@@ -126,7 +143,6 @@ class ConnectionManager:
                 if conn.behind_since is None:
                     conn.behind_since = now
                 conn.missed.update(points)
-                self.frames_skipped += 1
                 continue
             self._send(conn, frame)
 
@@ -136,6 +152,18 @@ class ConnectionManager:
         for conn in list(self.groups.get(group, ())):
             if conn.pending_bytes < self.max_pending_bytes:
                 self._send(conn, frame)
+
+    def reply(self, conn: Connection, payload: Any) -> None:
+        """An answer to one client (pong, error, ack), through the same bounded path
+        as broadcasts. A client whose unsent bytes pass twice the broadcast bound is
+        sending without reading: it is closed (1013), never buffered without limit."""
+        if conn.closed:
+            return
+        if conn.pending_bytes >= 2 * self.max_pending_bytes:
+            log.info("closing a client that does not read its replies (%d bytes unsent)", conn.pending_bytes)
+            self._drop(conn, 1013, "Client not reading replies")
+            return
+        self._send(conn, encode(payload))
 
     def _send(self, conn: Connection, frame: bytes) -> None:
         try:
@@ -147,7 +175,6 @@ class ConnectionManager:
             log.warning("dropping subscriber after send failure", exc_info=True)
             self.remove(conn)
             return
-        self.frames_sent += 1
         size = len(frame)
         conn.pending_bytes += size
         future.add_done_callback(lambda f, c=conn, n=size: self._sent(c, n, f))
@@ -168,9 +195,12 @@ class ConnectionManager:
         for conn in list(self.groups.get(FRONTEND, ())):
             if conn.behind_since is not None and now - conn.behind_since > self.stall_timeout:
                 log.warning("closing subscriber stalled for %.1f s", now - conn.behind_since)
-                self.remove(conn)
-                conn.closed = False
-                conn.close(1013, "Subscriber too slow")
+                self._drop(conn, 1013, "Subscriber too slow")
+
+    def _drop(self, conn: Connection, code: int, reason: str) -> None:
+        """Out of its group now (no more frames queued for it), then the close frame."""
+        self.groups.get(conn.group, set()).discard(conn)
+        conn.close(code, reason)
 
     def expire_tokens(self, now_utc) -> None:
         """Close sockets whose token has expired since they connected."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -86,7 +86,6 @@ class Settings:
     webhook_retry_base: float = 2.0
     # WEBMACS_SENSOR_READING_THROTTLE: seconds between sensor.reading webhooks per event.
     sensor_reading_throttle: float = 5.0
-    extra: dict = field(default_factory=dict)
 
     @property
     def is_sqlite(self) -> bool:

@@ -1,25 +1,34 @@
 """Database engine, the bounded executor every blocking call runs on, and migrations.
 
-Handlers never touch SQLAlchemy on the IOLoop thread: they call
-``await db.run(fn)`` where ``fn(session)`` runs on one of the executor's
-threads with a short-lived session that is committed before the await returns.
+Nothing touches SQLAlchemy on the IOLoop thread: ``await db.session(fn, ...)``
+runs ``fn(session, ...)`` on one of the executor's threads with a short-lived
+session committed before the await returns; ``await db.run(fn, ...)`` runs a plain
+blocking call there (no session).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+import psycopg2
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import sessionmaker
 
 log = logging.getLogger("webmacs.db")
 T = TypeVar("T")
+
+# What a failing database raises, through SQLAlchemy or from a raw DB-API cursor
+# (COPY, executemany). Anything else is a bug, not an outage.
+DATABASE_ERRORS = (SQLAlchemyError, psycopg2.Error, sqlite3.Error)
+
 
 def _migrations_dir() -> Path:
     """``migrations/`` of the checkout, installed as the package ``webmacs.migrations``."""

@@ -260,7 +260,8 @@ class WebhookDelivery(Base):
 
 
 class IngestBatch(Base):
-    """A committed telemetry ``batch_id``; makes replays idempotent (kept 24 h+)."""
+    """A committed telemetry ``batch_id``; makes replays idempotent (kept 48 h, see
+    ``webmacs.services.BATCH_ID_RETENTION``)."""
 
     __tablename__ = "ingest_batches"
     batch_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -272,7 +273,7 @@ class IngestBatch(Base):
 # The hot table. One narrow row per reading: time, event, value, experiment and
 # a bigint id (identity on PostgreSQL, rowid on SQLite). No UUID per row: the
 # API's datapoint public_id is derived from (event, time, id), see
-# webmacs.storage.datapoint_public_id, and served by the (event_id, time) index.
+# webmacs.storage.datapoints.public_id, and served by the (event_id, time) index.
 datapoints = Table(
     "datapoints",
     Base.metadata,

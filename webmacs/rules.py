@@ -1,13 +1,12 @@
 """Threshold rules: evaluated in memory on every committed batch, fired in the background.
 
-- The enabled rules live in memory, grouped by event id; :meth:`RuleEngine.load`
-  builds the set at start and :meth:`RuleEngine.invalidate` (after any rule or
-  event change) reloads it. A reload that raced with a later change is discarded
-  (generation counter), and batches that arrive while no set is loaded are kept
-  (newest value per event) and evaluated as soon as it is. The set is also
-  refreshed in the background when it is older than ``REFRESH_SECONDS`` at the
-  time of a batch, so changes made by another server process (and its
-  triggers, for the cooldown hint) are picked up without a query per batch.
+- The enabled rules live in memory, grouped by event id, in a
+  :class:`webmacs.cache.CachedView` (topic ``rules``: any rule or event change
+  reloads it; a reload that raced with a later change is discarded). Batches that
+  arrive while no set is loaded are kept (newest value per event) and evaluated as
+  soon as it is. The view is refreshed in the background when it is old at the
+  time of a batch, so changes made by another server process (and its triggers,
+  for the cooldown hint) are picked up without a query per batch.
 - :meth:`RuleEngine.evaluate` is synchronous and costs O(rules of the batch's
   events): it compares the last value per event, skips rules still in their
   cooldown (an in-memory hint) and queues candidates. It never queries.
@@ -27,14 +26,14 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
 from sqlalchemy import bindparam, case, or_, select, update
 
+from webmacs.cache import CachedView
+from webmacs.db import Database
 from webmacs.models import LogEntry, Rule
-
-if TYPE_CHECKING:
-    from webmacs.app import Services
+from webmacs.webhooks import WebhookDispatcher
 
 log = logging.getLogger("webmacs.rules")
 
@@ -44,7 +43,6 @@ SYMBOLS = {"gt": ">", "lt": "<", "gte": ">=", "lte": "<=", "eq": "=", "between":
 RANGE_OPERATORS = ("between", "not_between")
 MAX_QUEUE = 10_000  # candidates waiting for their claim
 CLAIM_CHUNK = 200
-REFRESH_SECONDS = 30.0
 
 
 def compare(operator: str, value: float, threshold: float, threshold_high: float | None = None) -> bool:
@@ -156,80 +154,39 @@ def _claim(session, batch: list[_Candidate]) -> tuple[list[_Candidate], dict[int
 
 
 class RuleEngine:
-    def __init__(self, services: "Services") -> None:
-        self.services = services
-        self._by_event: dict[int, list[_Rule]] | None = None
-        self._generation = 0
+    def __init__(self, db: Database, webhooks: WebhookDispatcher) -> None:
+        self.db = db
+        self.webhooks = webhooks
+        self.view: CachedView[tuple[dict[int, list[_Rule]], dict[int, float]]] = CachedView(
+            "rules", db.session, _load_rules, on_load=self._installed)
         self._last: dict[int, float] = {}  # rule id -> last trigger (epoch s), the cooldown hint
         self._deferred: dict[int, object] = {}  # event id -> LastValue, while no rule set is loaded
         self._queue: deque[_Candidate] = deque()
         self._worker: asyncio.Task | None = None
-        self._reloader: asyncio.Task | None = None
-        self._loaded_at = 0.0
-        self.fired = 0
 
     # --- the rule set ----------------------------------------------------------------------
-    async def load(self) -> None:
-        self._loaded_at = time.monotonic()
-        while True:
-            generation = self._generation
-            by_event, last = await self.services.db.session(_load_rules)
-            if generation == self._generation:
-                break
-        for rule_id, t in last.items():
+    def _installed(self, loaded: tuple[dict[int, list[_Rule]], dict[int, float]]) -> None:
+        """A new rule set: merge the stored trigger times into the cooldown hints and
+        evaluate what arrived while none was loaded."""
+        for rule_id, t in loaded[1].items():
             if t > self._last.get(rule_id, float("-inf")):
                 self._last[rule_id] = t
-        self._by_event = by_event
         deferred, self._deferred = self._deferred, {}
         if deferred:
             self.evaluate(deferred.values())
 
-    def invalidate(self) -> None:
-        """Call after committing any change to rules (or to events, which cascade)."""
-        self._generation += 1
-        self._by_event = None
-        if self._reloader is None or self._reloader.done():
-            try:
-                self._reloader = asyncio.ensure_future(self._reload())
-            except RuntimeError:  # no running loop
-                self._reloader = None
-
-    async def _refresh(self) -> None:
-        """Reload while the current set stays in use (picks up other processes' changes)."""
-        try:
-            await self.load()
-        except RuntimeError:  # database executor shut down
-            return
-        except Exception:  # noqa: BLE001 - tried again on a later batch
-            log.warning("could not refresh rules", exc_info=True)
-        if self._by_event is None:  # invalidated meanwhile and the load failed: retry until loaded
-            await self._reload()
-
-    async def _reload(self) -> None:
-        delay = 0.5
-        while self._by_event is None:
-            try:
-                await self.load()
-            except RuntimeError:  # database executor shut down: the server is stopping
-                return
-            except Exception:  # noqa: BLE001 - retried
-                log.warning("could not load rules, retrying in %.1fs", delay, exc_info=True)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30)
-
     # --- evaluation (IOLoop, synchronous, in memory) ------------------------------------------------
     def evaluate(self, last_values: Iterable) -> None:
-        by_event = self._by_event
-        if by_event is None:  # reloading: keep the newest value per event until it is done
+        """Ingest listener: compare the last value per event with the enabled rules."""
+        loaded = self.view.value
+        if loaded is None:  # reloading: keep the newest value per event until it is done
             for lv in last_values:
                 prev = self._deferred.get(lv.event.id)
                 if prev is None or lv.time >= prev.time:
                     self._deferred[lv.event.id] = lv
             return
-        if time.monotonic() - self._loaded_at > REFRESH_SECONDS and (
-                self._reloader is None or self._reloader.done()):
-            self._loaded_at = time.monotonic()
-            self._reloader = asyncio.ensure_future(self._refresh())
+        self.view.maybe_refresh()
+        by_event = loaded[0]
         now = time.time()
         hints = self._last
         queued = False
@@ -258,7 +215,7 @@ class RuleEngine:
         while self._queue:
             batch = [self._queue.popleft() for _ in range(min(len(self._queue), CLAIM_CHUNK))]
             try:
-                fired, refused = await self.services.db.session(_claim, batch)
+                fired, refused = await self.db.session(_claim, batch)
             except RuntimeError:  # database executor shut down: the server is stopping
                 self._queue.clear()
                 return
@@ -273,9 +230,8 @@ class RuleEngine:
                 continue
             self._last.update(refused)
             for c in fired:
-                self.fired += 1
-                if c.rule.action_type == "webhook" and self.services.webhooks is not None:
-                    self.services.webhooks.emit(c.rule.webhook_event_type or "sensor.threshold_exceeded", {
+                if c.rule.action_type == "webhook":
+                    self.webhooks.emit(c.rule.webhook_event_type or "sensor.threshold_exceeded", {
                         "rule": c.rule.name,
                         "rule_id": c.rule.public_id,
                         "operator": c.rule.operator,
@@ -289,13 +245,13 @@ class RuleEngine:
                     }, when=datetime.fromtimestamp(c.now, timezone.utc))
 
 
-async def server_log(services: "Services", content: str, logging_type: str = "info") -> None:
+async def server_log(db: Database, content: str, logging_type: str = "info") -> None:
     """Write one of the server's own log entries (start, stop); never raises."""
 
     def add(session):
         session.add(LogEntry(content=content[:500], logging_type=logging_type))
 
     try:
-        await asyncio.wait_for(services.db.session(add), timeout=5)
+        await asyncio.wait_for(db.session(add), timeout=5)
     except Exception:  # noqa: BLE001 - a log entry is never worth failing start or stop
         log.warning("could not write log entry %r", content, exc_info=True)

@@ -27,8 +27,9 @@ background:
    chunks of ``webhook_queue``), at its ``next_attempt_at``. ``stop()`` stops
    taking work, cancels timers and shuts the pool down without waiting for hung
    requests; their rows stay ``pending`` and are resumed by the next start.
-   The webhook view is refreshed in the background when older than
-   ``REFRESH_SECONDS`` at an emit, so another process's changes are seen too.
+   The webhook view (a :class:`webmacs.cache.CachedView`, topic ``webhooks``) is
+   refreshed in the background when it is old at an emit, so another process's
+   changes are seen too.
    Delivery is therefore *at least once*: receivers can de-duplicate on the
    ``X-Webhook-Delivery`` header (the delivery's public id).
 
@@ -50,19 +51,19 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Iterable
+from datetime import datetime, timedelta
+from typing import Any, Iterable
 from urllib.parse import urlsplit
 
 import requests
 from requests_futures.sessions import FuturesSession
 from sqlalchemy import bindparam, insert, select, update
 
-from webmacs import __version__
+from webmacs import __version__, timefmt
+from webmacs.cache import CachedView
+from webmacs.config import Settings
+from webmacs.db import Database
 from webmacs.models import WEBHOOK_EVENT_TYPES, LogEntry, Webhook, WebhookDelivery, new_public_id, utcnow
-
-if TYPE_CHECKING:
-    from webmacs.app import Services
 
 log = logging.getLogger("webmacs.webhooks")
 
@@ -73,7 +74,6 @@ DROPPED = "dropped: dispatcher overloaded"
 DISABLED = "cancelled: webhook disabled"
 FLUSH_MAX_EVENTS = 200  # events fanned out per writer transaction
 DEVICE = socket.gethostname()
-REFRESH_SECONDS = 30.0
 
 _T = WebhookDelivery.__table__
 
@@ -91,11 +91,6 @@ _UPDATE = (
 )
 
 
-def utc_iso(dt: datetime) -> str:
-    """ISO 8601 in UTC with a ``Z``: ``2025-01-15T10:30:00.123Z``."""
-    return dt.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def sign(secret: str, timestamp: str, body: bytes) -> str:
     """The ``X-Webhook-Signature`` value: hex HMAC-SHA256 over ``b"<timestamp>." + body``."""
     return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
@@ -103,12 +98,12 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, datetime):
-        return utc_iso(obj)
+        return timefmt.webhook(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def encode_payload(event_type: str, data: dict, when: datetime | None = None) -> bytes:
-    body = {"type": event_type, "time": utc_iso(when or utcnow()), "device": DEVICE}
+    body = {"type": event_type, "time": timefmt.webhook(when or utcnow()), "device": DEVICE}
     body.update(data)
     return json.dumps(body, default=_json_default, separators=(",", ":")).encode()
 
@@ -173,14 +168,13 @@ def _load_hooks(session) -> dict[int, _Hook]:
 
 
 class WebhookDispatcher:
-    def __init__(self, services: "Services") -> None:
-        self.services = services
-        self.config = services.config
+    def __init__(self, db: Database, config: Settings) -> None:
+        self.db = db
+        self.config = config
         self._state = "new"  # new -> running -> stopped
-        self._hooks: dict[int, _Hook] | None = None
+        self.view: CachedView[dict[int, _Hook]] = CachedView("webhooks", db.session, _load_hooks,
+                                                              on_load=self._installed)
         self._subscribed: frozenset = frozenset()
-        self._generation = 0
-        self._loaded_at = 0.0
         # (event type, body, webhook ids chosen at emit; None: choose when written)
         self._outbox: deque[tuple[str, bytes, tuple[int, ...] | None]] = deque()
         self._updates: list[dict] = []
@@ -190,7 +184,6 @@ class WebhookDispatcher:
         self._tasks: set[asyncio.Task] = set()
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task | None = None
-        self._reloader: asyncio.Task | None = None
         self._resumer: asyncio.Task | None = None
         self._backlog = False  # more pending rows in the database than fit in memory
         self._resumed_at = 0.0
@@ -209,7 +202,7 @@ class WebhookDispatcher:
             "pool_connections": workers, "pool_maxsize": workers})
         self._http.headers["User-Agent"] = f"webmacs/{__version__}"
         self._wake = asyncio.Event()
-        await self._current_hooks()
+        await self.view.current()
         self._state = "running"
         await self._resume()
         self._writer = asyncio.ensure_future(self._write_loop())
@@ -227,9 +220,9 @@ class WebhookDispatcher:
                 d.timer = None
         for task in list(self._tasks):
             task.cancel()
-        for task in (self._reloader, self._resumer):
-            if task is not None:
-                task.cancel()
+        self.view.close()
+        if self._resumer is not None:
+            self._resumer.cancel()
         # Hung requests keep their worker thread until their timeout; nobody waits for them.
         self._pool.shutdown(wait=False, cancel_futures=True)
         requests.Session.close(self._http)  # idle connections; in-flight ones close on return
@@ -243,61 +236,8 @@ class WebhookDispatcher:
         self._active.clear()
 
     # --- the webhook view ------------------------------------------------------------------
-    def invalidate(self) -> None:
-        """Call after committing any change to webhooks."""
-        self._generation += 1
-        self._hooks = None
-        if self._state == "running" and (self._reloader is None or self._reloader.done()):
-            self._reloader = asyncio.ensure_future(self._reload())
-
-    async def reload(self) -> None:
-        """After committing a webhook change: the view is current before the caller goes on."""
-        self.invalidate()
-        try:
-            await self._current_hooks()
-        except Exception:  # noqa: BLE001 - the background reload keeps trying
-            log.warning("could not reload webhooks", exc_info=True)
-
-    async def _reload(self) -> None:
-        delay = 0.5
-        while self._state == "running":
-            try:
-                await self._current_hooks()
-                return
-            except RuntimeError:  # executor shut down
-                return
-            except Exception:  # noqa: BLE001 - retried
-                log.warning("could not load webhooks, retrying", exc_info=True)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30)
-
-    async def _current_hooks(self) -> dict[int, _Hook]:
-        while self._hooks is None:
-            await self._load()
-        return self._hooks
-
-    async def _load(self) -> None:
-        generation = self._generation
-        self._loaded_at = time.monotonic()
-        hooks = await self.services.db.session(_load_hooks)
-        if generation == self._generation:  # else a change raced with this load: discard it
-            self._hooks = hooks
-            self._subscribed = frozenset().union(*(h.events for h in hooks.values()))
-
-    def _maybe_refresh(self) -> None:
-        """Reload a view older than REFRESH_SECONDS in the background, still using it meanwhile."""
-        if (self._state == "running" and time.monotonic() - self._loaded_at > REFRESH_SECONDS
-                and (self._reloader is None or self._reloader.done())):
-            self._loaded_at = time.monotonic()
-            self._reloader = asyncio.ensure_future(self._refresh())
-
-    async def _refresh(self) -> None:
-        try:
-            await self._load()
-        except RuntimeError:  # executor shut down
-            pass
-        except Exception:  # noqa: BLE001 - tried again later
-            log.warning("could not refresh webhooks", exc_info=True)
+    def _installed(self, hooks: dict[int, _Hook]) -> None:
+        self._subscribed = frozenset().union(*(h.events for h in hooks.values()))
 
     # --- producers (IOLoop, synchronous, cheap) ---------------------------------------------
     def emit(self, event_type: str, payload: dict, when: datetime | None = None) -> None:
@@ -307,10 +247,11 @@ class WebhookDispatcher:
             return
         if self._state == "stopped":
             return
-        self._maybe_refresh()
+        self.view.maybe_refresh()
+        hooks = self.view.value
         targets = None  # view reloading: choose the webhooks when the rows are written
-        if self._hooks is not None:
-            targets = tuple(h.id for h in self._hooks.values() if event_type in h.events)
+        if hooks is not None:
+            targets = tuple(h.id for h in hooks.values() if event_type in h.events)
             if not targets:
                 return
         if len(self._outbox) >= self.config.webhook_queue:
@@ -332,8 +273,8 @@ class WebhookDispatcher:
         every ``sensor_reading_throttle`` seconds."""
         if self._state == "stopped":
             return
-        self._maybe_refresh()
-        if self._hooks is not None and "sensor.reading" not in self._subscribed:
+        self.view.maybe_refresh()
+        if self.view.loaded and "sensor.reading" not in self._subscribed:
             return
         throttle = self.config.sensor_reading_throttle
         now = time.monotonic()
@@ -379,7 +320,7 @@ class WebhookDispatcher:
         try:
             inserts, keep = [], []
             if events:
-                hooks = await self._current_hooks()
+                hooks = await self.view.current()
                 room = self.config.webhook_queue - len(self._active)
                 now = utcnow()
                 for event_type, body, targets in events:
@@ -397,7 +338,7 @@ class WebhookDispatcher:
                         inserts.append(row)
                         if fits:
                             keep.append((row, hook, body))
-            ids = await self.services.db.session(_write, inserts, updates, logs)
+            ids = await self.db.session(_write, inserts, updates, logs)
         except BaseException:
             self._outbox.extendleft(reversed(events))
             self._updates[:0] = updates
@@ -426,8 +367,9 @@ class WebhookDispatcher:
         d.timer = None
         if self._state != "running":
             return
-        if self._hooks is not None:
-            hook = self._hooks.get(d.webhook_id)
+        hooks = self.view.value
+        if hooks is not None:
+            hook = hooks.get(d.webhook_id)
             if hook is None:  # disabled or deleted since: do not send
                 self._finish(d, {"b_status": "failed", "b_last_error": DISABLED, "b_next_attempt_at": None})
                 return
@@ -522,7 +464,7 @@ class WebhookDispatcher:
         self._resumed_at = time.monotonic()
         limit = room + len(self._active) + len(self._unflushed)
         try:
-            rows = await self.services.db.session(_load_pending, limit)
+            rows = await self.db.session(_load_pending, limit)
         except RuntimeError:
             return
         self._backlog = len(rows) >= limit

@@ -34,10 +34,10 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
 
 from webmacs.controller.spool import Batch, Spool, SpoolError
+from webmacs.ingest import MAX_BATCH  # the server's limit per batch
 
 log = logging.getLogger("webmacs.controller")
 
-MAX_BATCH = 500  # the server's limit per batch
 MODES = ("websocket", "http")
 
 

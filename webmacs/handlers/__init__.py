@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 
+from webmacs.handlers.base import NotFoundHandler
+
 # Order matters where paths overlap: literal paths (e.g. /datapoints/series)
 # must come before the /datapoints/{id} pattern, so modules with literal
 # sub-paths are listed first.
@@ -11,6 +13,7 @@ MODULES = (
     "webmacs.handlers.auth",
     "webmacs.handlers.dashboard",
     "webmacs.handlers.datapoints",
+    "webmacs.handlers.export",
     "webmacs.handlers.resources",
     "webmacs.handlers.integrations",
     "webmacs.handlers.ws",
@@ -18,16 +21,8 @@ MODULES = (
 
 
 def collect_handlers() -> list:
-    from webmacs.handlers.base import NotFoundHandler
-
     routes: list = []
     for name in MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue  # a module not written yet
-        routes.extend(module.default_handlers)
+        routes.extend(importlib.import_module(name).default_handlers)
     routes.append((r"/api/.*", NotFoundHandler))
     return routes

@@ -9,9 +9,10 @@ from sqlalchemy.exc import IntegrityError
 
 from webmacs import __version__
 from webmacs.accounts import TOKEN_REVOKED, USER_NOT_FOUND, revoke
-from webmacs.handlers.base import ApiError, BaseHandler, authenticated, get_or_404, iso, paginate
+from webmacs.handlers.base import ApiError, BaseHandler, authenticated, get_or_404, paginate
 from webmacs.models import ROLES, ApiToken, User, utcnow
 from webmacs.security import create_jwt, hash_password, new_api_token, verify_password
+from webmacs.timefmt import api as iso
 from webmacs.validation import Bool, DateTimeField, Email, Str
 
 LOGIN_SPEC = {"email": Email(required=True), "password": Str(1, 1024, strip=False, required=True)}
@@ -77,7 +78,7 @@ class LogoutHandler(BaseHandler):
         p = self.principal
         if p.jti is not None:
             await self.db.session(revoke, p.jti, p.expires_at)
-            self.services.hub.disconnect(lambda c: c.jti == p.jti, TOKEN_REVOKED)
+            self.hub.disconnect(lambda c: c.jti == p.jti, TOKEN_REVOKED)
         self.success("Successfully logged out.")
 
 
@@ -161,7 +162,7 @@ class UserHandler(BaseHandler):
             return user.id
 
         user_id = await self.db.session(remove)
-        self.services.hub.disconnect(lambda c: c.user_id == user_id, USER_NOT_FOUND)
+        self.hub.disconnect(lambda c: c.user_id == user_id, USER_NOT_FOUND)
         self.success("User successfully deleted.")
 
 
@@ -209,7 +210,7 @@ class TokenHandler(BaseHandler):
             return token.id
 
         token_id = await self.db.session(remove)
-        self.services.hub.disconnect(lambda c: c.api_token_id == token_id, TOKEN_REVOKED)
+        self.hub.disconnect(lambda c: c.api_token_id == token_id, TOKEN_REVOKED)
         self.success("API token deleted.")
 
 

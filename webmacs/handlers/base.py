@@ -1,7 +1,11 @@
 """The one base class every REST handler derives from.
 
-- Dependencies (settings, database, hub, pipeline, ...) are properties read from
-  ``self.settings["webmacs"]``, the :class:`webmacs.app.Services` made at start.
+- Dependencies (config, database, hub, pipeline, ...) are typed properties read
+  from ``self.settings["webmacs"]``, the :class:`webmacs.services.Services` made
+  at start.
+- :meth:`BaseHandler.commit` runs a write and then announces what it changed
+  (``changes`` topics of :mod:`webmacs.cache`), so cached views reload before the
+  response goes out.
 - ``write_error`` always answers JSON ``{"detail": "..."}``; no traceback ever
   reaches a client (it is logged instead).
 - Auth and roles are a decorator on each method: ``@authenticated("operator")``.
@@ -12,18 +16,24 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import aliased
 from tornado.web import HTTPError, RequestHandler
 
 from webmacs.accounts import AuthError, Principal, authenticate
+from webmacs.jsoncodec import dumps
+from webmacs.models import User
 from webmacs.validation import Field, ValidationError, validate
 
-if TYPE_CHECKING:
-    from webmacs.app import Services
+if TYPE_CHECKING:  # typing only: webmacs.services never imports the handlers
+    from webmacs.broadcast import ConnectionManager
+    from webmacs.config import Settings
+    from webmacs.db import Database
+    from webmacs.ingest import IngestPipeline
+    from webmacs.services import Services
 
 log = logging.getLogger("webmacs.api")
 
@@ -38,22 +48,10 @@ class ApiError(HTTPError):
         self.detail = detail
 
 
-def json_default(obj: Any) -> Any:
-    if isinstance(obj, datetime):
-        return obj.isoformat()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, default=json_default, separators=(",", ":"), allow_nan=False)
-
-
-def iso(dt: datetime | None) -> str | None:
-    return dt.isoformat() if dt is not None else None
-
-
 class BaseHandler(RequestHandler):
     principal: Principal | None = None
+    # Topics (webmacs.cache) a successful commit() announces as changed.
+    changes: tuple[str, ...] = ()
 
     # --- dependencies -----------------------------------------------------
     @property
@@ -61,12 +59,29 @@ class BaseHandler(RequestHandler):
         return self.settings["webmacs"]
 
     @property
-    def config(self):
+    def config(self) -> "Settings":
         return self.services.config
 
     @property
-    def db(self):
+    def db(self) -> "Database":
         return self.services.db
+
+    @property
+    def hub(self) -> "ConnectionManager":
+        return self.services.hub
+
+    @property
+    def pipeline(self) -> "IngestPipeline":
+        return self.services.pipeline
+
+    async def commit(self, fn: Callable[..., Any], *args: Any, changes: tuple[str, ...] | None = None) -> Any:
+        """``await db.session(fn, *args)``, then reload the views of ``changes``
+        (default: the class's ``changes``) before going on."""
+        result = await self.db.session(fn, *args)
+        topics = self.changes if changes is None else changes
+        if topics:
+            await self.services.changes.changed(*topics)
+        return result
 
     # --- responses ----------------------------------------------------------
     def set_default_headers(self) -> None:
@@ -170,6 +185,14 @@ def get_or_404(session, model, public_id: str, name: str):
     if obj is None:
         raise ApiError(404, f"{name} not found.")
     return obj
+
+
+# The user who made a resource, for joins that report its ``user_public_id``.
+Owner = aliased(User)
+
+
+def owner_public_id(session, user_id: int | None) -> str | None:
+    return session.execute(select(User.public_id).where(User.id == user_id)).scalar() if user_id else None
 
 
 def paginate(session, stmt, page: int, page_size: int, to_dict: Callable) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """Webhooks and their delivery log, threshold rules (admin only), and log entries.
 
-After a committed change, webhook writes await ``services.webhooks.reload()`` (the
-dispatcher's view is current when the response goes out) and rule writes call
-``services.rules.invalidate()`` (batches arriving before the reload completes are
-held and evaluated against the new rule set).
+After a committed change, webhook and rule writes announce it
+(:meth:`BaseHandler.commit` with the ``webhooks`` / ``rules`` topic): the views are
+current when the response goes out; batches arriving while the rule set reloads
+are held and evaluated against the new one.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import aliased
 
-from webmacs.handlers.base import ApiError, BaseHandler, authenticated, get_or_404, iso, paginate
+from webmacs.cache import RULES, WEBHOOKS
+from webmacs.handlers.base import ApiError, BaseHandler, Owner, authenticated, get_or_404, owner_public_id, paginate
 from webmacs.models import (
     DELIVERY_STATUSES,
     LOGGING_TYPES,
@@ -26,20 +26,15 @@ from webmacs.models import (
     Event,
     LogEntry,
     Rule,
-    User,
     Webhook,
     WebhookDelivery,
 )
 from webmacs.rules import RANGE_OPERATORS
+from webmacs.timefmt import api as iso
 from webmacs.validation import Bool, Int, List, Num, Str, ValidationError
-
-Owner = aliased(User)
 
 MAX_COOLDOWN = 365 * 24 * 3600
 
-
-def _owner_id(session, user_id):
-    return session.execute(select(User.public_id).where(User.id == user_id)).scalar() if user_id else None
 
 
 # --- webhooks ----------------------------------------------------------------------------
@@ -101,11 +96,7 @@ def _flush_unique_url(session) -> None:
 
 
 class _WebhookWrite(BaseHandler):
-    async def commit(self, fn, *args):
-        result = await self.db.session(fn, *args)
-        if self.services.webhooks is not None:
-            await self.services.webhooks.reload()
-        return result
+    changes = (WEBHOOKS,)
 
 
 class WebhooksHandler(_WebhookWrite):
@@ -134,7 +125,7 @@ class WebhookHandler(_WebhookWrite):
     async def get(self, public_id: str) -> None:
         def load(session):
             hook = get_or_404(session, Webhook, public_id, "Webhook")
-            return webhook_dict(hook, _owner_id(session, hook.user_id))
+            return webhook_dict(hook, owner_public_id(session, hook.user_id))
 
         self.send(await self.db.session(load))
 
@@ -146,7 +137,7 @@ class WebhookHandler(_WebhookWrite):
             hook = get_or_404(session, Webhook, public_id, "Webhook")
             _apply_webhook(hook, body)
             _flush_unique_url(session)
-            return webhook_dict(hook, _owner_id(session, hook.user_id))
+            return webhook_dict(hook, owner_public_id(session, hook.user_id))
 
         self.send(await self.commit(change))
 
@@ -259,11 +250,7 @@ def _apply_rule(session, rule: Rule, body: dict) -> None:
 
 
 class _RuleWrite(BaseHandler):
-    async def commit(self, fn, *args):
-        result = await self.db.session(fn, *args)
-        if self.services.rules is not None:
-            self.services.rules.invalidate()
-        return result
+    changes = (RULES,)
 
 
 def _load_rule(session, public_id: str) -> dict:
@@ -373,7 +360,7 @@ class LogHandler(BaseHandler):
     async def get(self, public_id: str) -> None:
         def load(session):
             entry = get_or_404(session, LogEntry, public_id, "Log entry")
-            return log_dict(entry, _owner_id(session, entry.user_id))
+            return log_dict(entry, owner_public_id(session, entry.user_id))
 
         self.send(await self.db.session(load))
 
@@ -386,7 +373,7 @@ class LogHandler(BaseHandler):
             for key, value in body.items():
                 setattr(entry, key, value)
             session.flush()
-            return log_dict(entry, _owner_id(session, entry.user_id))
+            return log_dict(entry, owner_public_id(session, entry.user_id))
 
         self.send(await self.db.session(change))
 

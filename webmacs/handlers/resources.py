@@ -1,19 +1,20 @@
 """Events, experiments, plugin instances and channel mappings.
 
 Every write here that changes what the ingest pipeline accepts (events, plugin
-instances, mappings, the running experiment) calls ``pipeline.invalidate()``
-after its commit and before its response, so the next batch sees the change.
+instances, mappings, the running experiment) announces the ``linkage`` change
+after its commit and before its response (:meth:`BaseHandler.commit`), so the
+next batch sees the change.
 """
 
 from __future__ import annotations
 
 import json
 
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import aliased
 
-from webmacs.handlers.base import ApiError, BaseHandler, authenticated, get_or_404, iso, paginate
+from webmacs.cache import LINKAGE, RULES
+from webmacs.handlers.base import ApiError, BaseHandler, Owner, authenticated, get_or_404, owner_public_id, paginate
 from webmacs.models import (
     CHANNEL_DIRECTIONS,
     EVENT_TYPES,
@@ -22,13 +23,12 @@ from webmacs.models import (
     Experiment,
     LogEntry,
     PluginInstance,
-    User,
     utcnow,
 )
 from webmacs.plugins import available
+from webmacs.storage import datapoints
+from webmacs.timefmt import api as iso
 from webmacs.validation import Bool, Num, Obj, Str
-
-Owner = aliased(User)
 
 EVENT_SPEC = {
     "name": Str(1, 255, required=True),
@@ -38,9 +38,6 @@ EVENT_SPEC = {
     "max_value": Num(nullable=True),
 }
 
-
-def _owner_id(session, user_id):
-    return session.execute(select(User.public_id).where(User.id == user_id)).scalar() if user_id else None
 
 
 def event_dict(event: Event, user_public_id: str | None) -> dict:
@@ -63,10 +60,9 @@ def _check_range(values: dict) -> None:
 
 
 class _Invalidating(BaseHandler):
-    async def commit(self, fn, *args):
-        result = await self.db.session(fn, *args)
-        self.services.pipeline.invalidate()
-        return result
+    """Writes here change what the ingest pipeline accepts."""
+
+    changes = (LINKAGE,)
 
 
 class EventsHandler(_Invalidating):
@@ -98,7 +94,7 @@ class EventHandler(_Invalidating):
     async def get(self, public_id: str) -> None:
         def load(session):
             event = get_or_404(session, Event, public_id, "Event")
-            return event_dict(event, _owner_id(session, event.user_id))
+            return event_dict(event, owner_public_id(session, event.user_id))
 
         self.send(await self.db.session(load))
 
@@ -115,7 +111,7 @@ class EventHandler(_Invalidating):
                 session.flush()
             except IntegrityError:
                 raise ApiError(409, "An event with this name already exists.") from None
-            return event_dict(event, _owner_id(session, event.user_id))
+            return event_dict(event, owner_public_id(session, event.user_id))
 
         self.success("Event successfully updated.", resource=await self.commit(update))
 
@@ -124,9 +120,7 @@ class EventHandler(_Invalidating):
         def remove(session):
             session.delete(get_or_404(session, Event, public_id, "Event"))
 
-        await self.commit(remove)
-        if self.services.rules is not None:
-            self.services.rules.invalidate()
+        await self.commit(remove, changes=(LINKAGE, RULES))  # its rules go with it
         self.success("Event successfully deleted.")
 
 
@@ -145,13 +139,12 @@ def experiment_dict(exp: Experiment, user_public_id: str | None) -> dict:
 
 
 def _experiment_event(services, kind: str, exp: dict) -> None:
-    if services.webhooks is not None:
-        services.webhooks.emit(f"experiment.{kind}", {
-            "experiment_name": exp["name"],
-            "experiment_id": exp["public_id"],
-            "started_on": exp["started_on"],
-            "stopped_on": exp["stopped_on"],
-        })
+    services.webhooks.emit(f"experiment.{kind}", {
+        "experiment_name": exp["name"],
+        "experiment_id": exp["public_id"],
+        "started_on": exp["started_on"],
+        "stopped_on": exp["stopped_on"],
+    })
 
 
 class ExperimentsHandler(_Invalidating):
@@ -186,7 +179,7 @@ class ExperimentHandler(_Invalidating):
     async def get(self, public_id: str) -> None:
         def load(session):
             exp = get_or_404(session, Experiment, public_id, "Experiment")
-            return experiment_dict(exp, _owner_id(session, exp.user_id))
+            return experiment_dict(exp, owner_public_id(session, exp.user_id))
 
         self.send(await self.db.session(load))
 
@@ -198,7 +191,7 @@ class ExperimentHandler(_Invalidating):
             exp = get_or_404(session, Experiment, public_id, "Experiment")
             if "name" in body:
                 exp.name = body["name"]
-            return experiment_dict(exp, _owner_id(session, exp.user_id))
+            return experiment_dict(exp, owner_public_id(session, exp.user_id))
 
         self.success("Experiment successfully updated.", resource=await self.commit(update))
 
@@ -206,7 +199,7 @@ class ExperimentHandler(_Invalidating):
     async def delete(self, public_id: str) -> None:
         def remove(session):
             exp = get_or_404(session, Experiment, public_id, "Experiment")
-            session.execute(text("DELETE FROM datapoints WHERE experiment_id = :e"), {"e": exp.id})
+            datapoints.delete_experiment(session, exp.id)
             session.delete(exp)
 
         await self.commit(remove)
@@ -223,7 +216,7 @@ class ExperimentStopHandler(_Invalidating):
             exp.stopped_on = utcnow()
             session.add(LogEntry(content=f"Experiment '{exp.name}' stopped", logging_type="info",
                                  user_id=self.principal.user_id))
-            return experiment_dict(exp, _owner_id(session, exp.user_id))
+            return experiment_dict(exp, owner_public_id(session, exp.user_id))
 
         exp = await self.commit(stop)
         _experiment_event(self.services, "stopped", exp)
@@ -264,7 +257,7 @@ def instance_dict(session, inst: PluginInstance) -> dict:
         "error_message": inst.error_message,
         "created_on": iso(inst.created_on),
         "updated_on": iso(inst.updated_on),
-        "user_public_id": _owner_id(session, inst.user_id),
+        "user_public_id": owner_public_id(session, inst.user_id),
         "channel_mappings": _mappings(session, inst.id),
     }
 

@@ -1,29 +1,50 @@
 """The two WebSocket endpoints of ``websocket-api.md``.
 
 - ``/ws/controller/telemetry``: batches in, through :mod:`webmacs.ingest`.
-  ``on_message`` is a coroutine, so Tornado reads the next frame of a connection
-  only after the previous batch is stored: batches persist in arrival order.
+  ``on_message`` is synchronous, so Tornado goes on reading a connection (its
+  pings and pongs among them) while a batch is being stored; data frames wait in
+  a per-connection queue (bounded by :data:`MAX_QUEUED_BYTES`) drained by one
+  task, so a connection's batches persist in arrival order.
 - ``/ws/datapoints/stream``: read-only; the connection manager pushes coalesced
   ``datapoints_batch`` frames to it.
 
 Auth: ``?token=`` (JWT or ``wm_`` API token). A bad token gets the upgrade and
 is then closed at once with 1008 and the spec's reason. A bad frame gets an
 ``error`` message and the connection stays usable.
+
+Every reply (pong, error, ack) goes through the connection manager's bounded
+path (:meth:`webmacs.broadcast.ConnectionManager.reply`): a client that sends
+but does not read is closed (1013) once its unsent replies pass the bound,
+instead of growing the server's memory.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from typing import Any
+from collections import deque
+from typing import TYPE_CHECKING, Any
 
-from tornado.websocket import WebSocketClosedError, WebSocketHandler
+from tornado.websocket import WebSocketHandler
 
 from webmacs.accounts import AuthError, authenticate
 from webmacs.broadcast import CONTROLLER, FRONTEND, Connection
-from webmacs.ingest import MAX_BATCH, MAX_BATCH_ID, IngestError
+from webmacs.db import DATABASE_ERRORS
+from webmacs.ingest import IngestError, check_batch_id, check_batch_size
+
+if TYPE_CHECKING:  # typing only: webmacs.services never imports the handlers
+    from webmacs.services import Services
 
 log = logging.getLogger("webmacs.ws")
+
+# Data frames of one telemetry connection waiting while its earlier batches are
+# stored, bounded in bytes received and in datapoints held (a frame is at most
+# 256 kB and 500 datapoints): ~45 full batches, a generous pipeline for a
+# controller, a few tens of MB of parsed objects at the very worst.
+MAX_QUEUED_BYTES = 4 * 1024 * 1024
+MAX_QUEUED_POINTS = 25_000
+OVERLOADED = "Server overloaded: batch not stored"
 
 
 class _Socket(WebSocketHandler):
@@ -33,7 +54,7 @@ class _Socket(WebSocketHandler):
     conn: Connection | None = None
 
     @property
-    def services(self):
+    def services(self) -> "Services":
         return self.settings["webmacs"]
 
     def check_origin(self, origin: str) -> bool:
@@ -52,9 +73,13 @@ class _Socket(WebSocketHandler):
         except AuthError as exc:
             self.close(1008, exc.reason)
             return
-        except Exception:  # noqa: BLE001 - database down: tell the client to come back
+        except DATABASE_ERRORS:  # database down: tell the client to come back
             log.warning("cannot authenticate websocket: database unavailable")
             self.close(1011, "Database unavailable")
+            return
+        except Exception:  # noqa: BLE001 - a bug: logged with its traceback, the client told so
+            log.exception("cannot authenticate websocket")
+            self.close(1011, "Internal error")
             return
         if not principal.has_role(self.role):
             self.close(1008, "Insufficient permissions")
@@ -71,16 +96,14 @@ class _Socket(WebSocketHandler):
             self.services.hub.remove(self.conn)
 
     def send(self, message: dict) -> None:
-        try:
-            self.write_message(json.dumps(message, separators=(",", ":")))
-        except WebSocketClosedError:
-            pass
+        if self.conn is not None:
+            self.services.hub.reply(self.conn, message)
 
     def error(self, message: str, **extra: Any) -> None:
         self.send({"type": "error", "message": message, **extra})
 
-    async def on_message(self, message: str | bytes) -> None:
-        if self.conn is None:  # not (or no longer) authenticated
+    def on_message(self, message: str | bytes) -> None:
+        if self.conn is None or self.conn.closed:  # not (or no longer) authenticated
             return
         data = self.parse(message)
         if data is None:
@@ -88,9 +111,9 @@ class _Socket(WebSocketHandler):
         if data.get("type") == "ping":
             self.send({"type": "pong"})
             return
-        await self.handle(data)
+        self.handle(data, len(message))
 
-    async def handle(self, data: dict) -> None:
+    def handle(self, data: dict, size: int) -> None:
         raise NotImplementedError
 
     def parse(self, message: str | bytes) -> dict | None:
@@ -99,6 +122,9 @@ class _Socket(WebSocketHandler):
             data = json.loads(message)
         except (ValueError, UnicodeDecodeError):
             self.error("Invalid JSON: message must be a JSON object")
+            return None
+        except RecursionError:
+            self.error("Invalid JSON: nested too deeply")
             return None
         if not isinstance(data, dict):
             self.error("Invalid message: expected a JSON object")
@@ -118,10 +144,18 @@ class TelemetryHandler(_Socket):
         else:
             self.error(message, batch_id=batch_id, retry=retry, **({"errors": errors} if errors else {}))
 
-    async def handle(self, data: dict) -> None:
+    def initialize(self) -> None:
+        self._queue: deque[tuple[list, str | None, int]] = deque()
+        self._queued_bytes = 0
+        self._queued_points = 0
+        self._worker: asyncio.Future | None = None
+
+    def handle(self, data: dict, size: int) -> None:
+        """The frame's shape only; the batch and its datapoints are the pipeline's to check."""
         batch_id = data.get("batch_id")
-        if batch_id is not None and (not isinstance(batch_id, str) or not 0 < len(batch_id) <= MAX_BATCH_ID):
-            self.error(f"Invalid batch_id: must be a string of 1 to {MAX_BATCH_ID} characters")
+        bad_id = check_batch_id(batch_id)
+        if bad_id:  # not an id we can answer with: a plain error
+            self.error(bad_id)
             return
         points = data.get("datapoints")
         if points is None:
@@ -130,28 +164,51 @@ class TelemetryHandler(_Socket):
         if not isinstance(points, list):
             self.reject("Invalid message: 'datapoints' must be an array", batch_id)
             return
-        if len(points) > MAX_BATCH:
-            self.reject(f"Batch too large: {len(points)} datapoints (max {MAX_BATCH})", batch_id)
-            return
         services = self.services
         if not services.accepting:
             self.reject("Server shutting down: batch not stored, retry later", batch_id, retry=True)
             return
-        services.inflight += 1
-        try:
-            result = await services.pipeline.ingest(points, batch_id=batch_id)
-        except IngestError as exc:
-            self.reject(exc.message, batch_id, exc.retry, exc.errors)
+        too_large = check_batch_size(points)
+        if too_large:
+            self.reject(too_large, batch_id)
             return
-        finally:
-            services.inflight -= 1
-        if batch_id is not None:
-            ack = {"type": "ack", "batch_id": batch_id, "accepted": result.accepted, "rejected": result.rejected}
-            if result.duplicate:
-                ack["duplicate"] = True
-            if result.errors:
-                ack["errors"] = result.errors
-            self.send(ack)
+        if self._queue and (self._queued_bytes + size > MAX_QUEUED_BYTES
+                            or self._queued_points + len(points) > MAX_QUEUED_POINTS):
+            self.reject(OVERLOADED, batch_id, retry=True)
+            return
+        self._queue.append((points, batch_id, size))
+        self._queued_bytes += size
+        self._queued_points += len(points)
+        services.batch_queued()
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        """Store the queued batches one after the other, answering each."""
+        services = self.services
+        while self._queue:
+            points, batch_id, size = self._queue[0]
+            try:
+                result = await services.pipeline.ingest(points, batch_id=batch_id)
+            except IngestError as exc:
+                self.reject(exc.message, batch_id, exc.retry, exc.errors)
+            else:
+                if batch_id is not None:
+                    self.send(_ack(batch_id, result))
+            finally:
+                self._queue.popleft()
+                self._queued_bytes -= size
+                self._queued_points -= len(points)
+                services.batch_done()
+
+
+def _ack(batch_id: str, result) -> dict:
+    ack = {"type": "ack", "batch_id": batch_id, "accepted": result.accepted, "rejected": result.rejected}
+    if result.duplicate:
+        ack["duplicate"] = True
+    if result.errors:
+        ack["errors"] = result.errors
+    return ack
 
 
 class StreamHandler(_Socket):
@@ -159,14 +216,7 @@ class StreamHandler(_Socket):
     role = "viewer"
     connected_message = "Subscribed to live datapoint stream."
 
-    async def get(self, *args: Any, **kwargs: Any) -> None:
-        if self.services.refuse_stream:  # test hook: simulate a proxy refusing upgrades
-            self.set_status(503)
-            self.finish()
-            return
-        await super().get(*args, **kwargs)
-
-    async def handle(self, data: dict) -> None:
+    def handle(self, data: dict, size: int) -> None:
         self.error("Unsupported message: this stream is read-only (send {\"type\": \"ping\"})")
 
 

@@ -7,7 +7,7 @@ import random
 import time
 from typing import Any
 
-from webmacs.plugins import Channel, Plugin
+from webmacs.plugins.base import Channel, Plugin
 
 
 class SimulatedDriver:

@@ -1,0 +1,176 @@
+"""Everything handlers depend on, built once per server, and its life cycle.
+
+:class:`Services` builds every component in ``__init__`` (no I/O) and wires them:
+each gets only what it uses. :meth:`Services.prepare_database` (blocking, before
+the server listens) and :meth:`Services.start` do the I/O; startup is a list of
+named steps and :func:`webmacs.app.shutdown` undoes them in reverse.
+
+Nothing built here imports this module, so there is no import circle: handlers
+reach it through ``self.settings["webmacs"]`` and only name it for typing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from typing import Awaitable, Callable, Iterator
+
+from sqlalchemy import delete
+from tornado.ioloop import PeriodicCallback
+
+from webmacs import accounts
+from webmacs.broadcast import ConnectionManager
+from webmacs.cache import LINKAGE, RULES, WEBHOOKS, CachedView, Changes
+from webmacs.config import ConfigError, Settings
+from webmacs.db import Database, current_revision, head_revision, upgrade
+from webmacs.ingest import IngestPipeline
+from webmacs.models import IngestBatch, WebhookDelivery
+from webmacs.rules import RuleEngine, server_log
+from webmacs.storage import datapoints
+from webmacs.storage.linkage import load_linkage
+from webmacs.webhooks import WebhookDispatcher
+
+log = logging.getLogger("webmacs")
+
+# Telemetry batch ids are remembered this long (a controller spool resends well within it).
+BATCH_ID_RETENTION = timedelta(hours=48)
+# Finished webhook deliveries (delivered, failed, dead_letter) are kept this long.
+DELIVERY_RETENTION = timedelta(days=30)
+# Seconds between background database checks (drives system.health_changed).
+HEALTH_CHECK_INTERVAL = 10
+HOUSEKEEPING_INTERVAL = 3600
+
+
+class Services:
+    def __init__(self, config: Settings):
+        self.config = config
+        self.db = Database(config.database_url, config.db_pool_size)
+        self.hub = ConnectionManager()
+        self.webhooks = WebhookDispatcher(self.db, config)
+        self.rules = RuleEngine(self.db, self.webhooks)
+        self.linkage = CachedView("linkage", self.db.session, load_linkage)
+        self.pipeline = IngestPipeline(self.db, self.linkage)
+        # Consumers of committed batches, in this order.
+        self.pipeline.add_listener(self.webhooks.sensor_readings)
+        self.pipeline.add_listener(self.rules.evaluate)
+        self.pipeline.add_listener(self.hub.publish_readings)
+        # Where "this changed, reload" enters (see webmacs.cache).
+        self.changes = Changes()
+        self.changes.register(LINKAGE, self.linkage)
+        self.changes.register(WEBHOOKS, self.webhooks.view)
+        self.changes.register(RULES, self.rules.view)
+        self.started_monotonic = time.monotonic()
+        self.health_ok: bool | None = None
+        self.accepting = True
+        self.inflight = 0  # telemetry batches being processed (SIGTERM waits for them)
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._callbacks: list[PeriodicCallback] = []
+
+    # --- start ------------------------------------------------------------------------
+    def prepare_database(self) -> None:
+        """Blocking, before the server listens: schema check, features, first admin."""
+        cfg = self.config
+        head = head_revision()
+        current = current_revision(self.db.engine)
+        if current != head:
+            if cfg.is_sqlite:
+                log.info("migrating embedded SQLite database to %s", head)
+                upgrade(cfg.database_url, cfg.chunk_interval_hours)
+            else:
+                raise ConfigError(
+                    f"database schema is at {current or 'nothing'}, expected {head}: run `webmacs migrate` first"
+                )
+        self.db.detect_features()
+        with self.db.Session() as session:
+            accounts.ensure_initial_admin(session, cfg.initial_admin_email, cfg.initial_admin_username,
+                                          cfg.initial_admin_password)
+            session.commit()
+            self.pipeline.last_time = datapoints.newest_time(session)
+
+    async def start(self) -> None:
+        """The I/O of starting, in order; :meth:`stop` undoes it in reverse."""
+        await self.rules.view.current()
+        await self.webhooks.start()
+        await server_log(self.db, "Server started", "info")
+        self._every(self.config.broadcast_interval_ms, self.hub.flush)
+        self._every(1000, lambda: self.hub.expire_tokens(datetime.now(timezone.utc)))
+        self._every(HOUSEKEEPING_INTERVAL * 1000, self._housekeeping)
+        # system.health_changed must fire when the database goes and comes back even
+        # if nobody is polling /health.
+        self._every(HEALTH_CHECK_INTERVAL * 1000, self._check_health)
+
+    def _every(self, ms: float, fn: Callable[[], object | Awaitable[object]]) -> None:
+        cb = PeriodicCallback(fn, ms)
+        cb.start()
+        self._callbacks.append(cb)
+
+    def stop_callbacks(self) -> None:
+        for cb in self._callbacks:
+            cb.stop()
+        self._callbacks.clear()
+
+    async def stop(self) -> None:
+        """After sockets are closed: the log entry, webhooks, caches (reverse of start)."""
+        await server_log(self.db, "Server stopped", "info")
+        await self.webhooks.stop()
+        self.changes.close()
+
+    # --- in-flight telemetry ---------------------------------------------------------------
+    @contextmanager
+    def batch_in_flight(self) -> Iterator[None]:
+        """Around the storing of one telemetry batch: shutdown waits for these."""
+        self.batch_queued()
+        try:
+            yield
+        finally:
+            self.batch_done()
+
+    def batch_queued(self) -> None:
+        """A telemetry batch was read and will be stored or answered: shutdown waits for it."""
+        self.inflight += 1
+        self._idle.clear()
+
+    def batch_done(self) -> None:
+        self.inflight -= 1
+        if not self.inflight:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Until no batch is in flight, at most ``timeout`` s; True if none is."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    # --- background work -----------------------------------------------------------------
+    async def _check_health(self) -> None:
+        self.note_health(await self.db.run(self.db.ping))
+
+    async def _housekeeping(self) -> None:
+        def prune(session):
+            now = datetime.now(timezone.utc)
+            accounts.prune_revoked(session)
+            session.execute(delete(IngestBatch).where(IngestBatch.created_on < now - BATCH_ID_RETENTION))
+            session.execute(delete(WebhookDelivery).where(
+                WebhookDelivery.status != "pending", WebhookDelivery.created_on < now - DELIVERY_RETENTION))
+
+        try:
+            await self.db.session(prune)
+        except Exception:  # noqa: BLE001 - retried next interval
+            log.warning("housekeeping failed", exc_info=True)
+
+    # --- health ---------------------------------------------------------------------------
+    def note_health(self, ok: bool) -> None:
+        """Fire ``system.health_changed`` when the database comes or goes."""
+        previous, self.health_ok = self.health_ok, ok
+        if previous is not None and previous != ok:
+            status = "ok" if ok else "degraded"
+            self.webhooks.emit("system.health_changed", {"status": status, "database": "ok" if ok else "error"})
+
+    def last_datapoint_time(self) -> datetime | None:
+        return self.pipeline.last_time

@@ -1,0 +1,219 @@
+"""The ``datapoints`` table: the bulk write path, the public-id codec, and the REST reads.
+
+Rows are ``(id bigint, time, event_id, value, experiment_id)`` with one index on
+``(event_id, time)``. A datapoint's API id is ``<event_id>-<epoch µs>-<id>``
+(:func:`public_id`), which that index resolves, so no per-row UUID is stored.
+"""
+
+from __future__ import annotations
+
+import io
+from datetime import datetime, timezone
+
+from sqlalchemy import and_, delete, func, select, text
+
+from webmacs import timefmt
+from webmacs.models import Event, Experiment, UTCDateTime, datapoints
+
+dp = datapoints.c
+
+# A reading as the write path takes it: (time, event id, value).
+Row = tuple[datetime, int, float]
+
+
+# --- public ids ----------------------------------------------------------------------
+
+def public_id(event_id: int, time: datetime, row_id: int) -> str:
+    """The API id of a datapoint: event, time in µs and row id."""
+    micros = int(timefmt.utc(time).timestamp() * 1_000_000)
+    return f"{event_id}-{micros}-{row_id}"
+
+
+def parse_public_id(value: str) -> tuple[int, datetime, int] | None:
+    parts = value.split("-")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        return None
+    event_id, micros, row_id = (int(p) for p in parts)
+    try:
+        time = datetime.fromtimestamp(micros / 1_000_000, timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return None
+    return event_id, time.replace(microsecond=micros % 1_000_000), row_id
+
+
+# --- the write path (executor thread) -------------------------------------------------
+
+class Writer:
+    """One transaction per call: the ``batch_id`` row (if any), then all rows in one
+    bulk write, stamped with ``experiment_id``."""
+
+    def __init__(self, db) -> None:
+        self.db = db  # webmacs.db.Database: its engine, read per write
+        self._seq_name: str | None = None
+
+    def write(self, rows: list[Row], experiment_id: int | None, batch_id: str | None,
+              accepted: int, rejected: int, want_ids: bool) -> tuple[bool, int, int, list[str]]:
+        """Returns ``(duplicate, accepted, rejected, ids)``; a duplicate ``batch_id``
+        writes nothing and answers the counts stored the first time."""
+        with self.db.engine.begin() as conn:
+            if batch_id is not None:
+                now = datetime.now(timezone.utc)
+                inserted = conn.execute(text(
+                    "INSERT INTO ingest_batches (batch_id, accepted, rejected, created_on) "
+                    "VALUES (:b, :a, :r, :c) ON CONFLICT (batch_id) DO NOTHING"
+                ), {"b": batch_id, "a": accepted, "r": rejected,
+                    "c": timefmt.sqlite_text(now) if conn.dialect.name == "sqlite" else now})
+                if inserted.rowcount == 0:
+                    prev = conn.execute(text("SELECT accepted, rejected FROM ingest_batches WHERE batch_id = :b"),
+                                        {"b": batch_id}).first()
+                    return True, prev.accepted, prev.rejected, []
+            if conn.dialect.name == "postgresql":
+                ids = self._copy_postgresql(conn, rows, experiment_id, want_ids)
+            else:
+                ids = self._insert_sqlite(conn, rows, experiment_id, want_ids)
+        return False, accepted, rejected, ids
+
+    def _copy_postgresql(self, conn, rows: list[Row], exp_id: int | None, want_ids: bool) -> list[str]:
+        exp = "\\N" if exp_id is None else str(exp_id)
+        buf = io.StringIO()
+        text_of = _TimeText(datetime.isoformat)
+        row_ids: list[int] = []
+        if want_ids:
+            if self._seq_name is None:
+                self._seq_name = conn.execute(text("SELECT pg_get_serial_sequence('datapoints', 'id')")).scalar()
+            row_ids = list(conn.execute(text("SELECT nextval(:s) FROM generate_series(1, :n)"),
+                                        {"s": self._seq_name, "n": len(rows)}).scalars())
+            for rid, (ts, event_id, value) in zip(row_ids, rows):
+                buf.write(f"{rid}\t{text_of[ts]}\t{event_id}\t{value!r}\t{exp}\n")
+            columns = "(id, time, event_id, value, experiment_id)"
+        else:
+            buf.write("".join([f"{text_of[ts]}\t{event_id}\t{value!r}\t{exp}\n" for ts, event_id, value in rows]))
+            columns = "(time, event_id, value, experiment_id)"
+        buf.seek(0)
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            cursor.copy_expert(f"COPY datapoints {columns} FROM STDIN", buf)
+        finally:
+            cursor.close()
+        return [public_id(event_id, ts, rid) for rid, (ts, event_id, _v) in zip(row_ids, rows)]
+
+    @staticmethod
+    def _insert_sqlite(conn, rows: list[Row], exp_id: int | None, want_ids: bool) -> list[str]:
+        text_of = _TimeText(timefmt.sqlite_text)
+        params = [(text_of[ts], event_id, value, exp_id) for ts, event_id, value in rows]
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            cursor.executemany("INSERT INTO datapoints (time, event_id, value, experiment_id) VALUES (?, ?, ?, ?)",
+                               params)
+            last_id = cursor.execute("SELECT last_insert_rowid()").fetchone()[0]
+        finally:
+            cursor.close()
+        if not want_ids:
+            return []
+        first = last_id - len(rows) + 1
+        return [public_id(event_id, ts, first + i) for i, (ts, event_id, _v) in enumerate(rows)]
+
+
+class _TimeText(dict):
+    """Formats each distinct time once: rows of a batch mostly share the receive time."""
+
+    def __init__(self, fmt) -> None:
+        super().__init__()
+        self.fmt = fmt
+
+    def __missing__(self, ts: datetime) -> str:
+        value = self[ts] = self.fmt(ts)
+        return value
+
+
+# --- reads and deletes (session functions, executor thread) ------------------------------
+
+_COLUMNS = (dp.id, dp.time, dp.value, dp.event_id,
+            Event.public_id.label("event_public_id"), Experiment.public_id.label("experiment_public_id"))
+
+
+def _joined(stmt):
+    return stmt.select_from(datapoints).outerjoin(Event, Event.id == dp.event_id).outerjoin(
+        Experiment, Experiment.id == dp.experiment_id)
+
+
+def to_dict(row) -> dict:
+    return {
+        "public_id": public_id(row.event_id, row.time, row.id),
+        "value": row.value,
+        "timestamp": timefmt.api(row.time),
+        "event_public_id": row.event_public_id,
+        "experiment_public_id": row.experiment_public_id,
+    }
+
+
+def list_page(session, page: int, size: int, event: str | None, experiment: str | None) -> dict:
+    """One page, newest first, optionally of one event and/or experiment (by public id)."""
+    conditions = []
+    if event:
+        conditions.append(dp.event_id == select(Event.id).where(Event.public_id == event).scalar_subquery())
+    if experiment:
+        conditions.append(dp.experiment_id == select(Experiment.id).where(
+            Experiment.public_id == experiment).scalar_subquery())
+    where = and_(True, *conditions)
+    total = session.execute(select(func.count()).select_from(datapoints).where(where)).scalar_one()
+    rows = session.execute(
+        _joined(select(*_COLUMNS)).where(where).order_by(dp.time.desc(), dp.id.desc())
+        .limit(size).offset((page - 1) * size)
+    ).all()
+    return {"page": page, "page_size": size, "total": total, "data": [to_dict(r) for r in rows]}
+
+
+def _where(value: str):
+    parsed = parse_public_id(value)
+    if parsed is None:
+        return None
+    event_id, time, row_id = parsed
+    return and_(dp.event_id == event_id, dp.time == time, dp.id == row_id)
+
+
+def get(session, value: str) -> dict | None:
+    where = _where(value)
+    row = None if where is None else session.execute(_joined(select(*_COLUMNS)).where(where)).first()
+    return None if row is None else to_dict(row)
+
+
+def delete_one(session, value: str) -> bool:
+    where = _where(value)
+    return where is not None and session.execute(delete(datapoints).where(where)).rowcount > 0
+
+
+def delete_experiment(session, experiment_id: int) -> None:
+    session.execute(delete(datapoints).where(dp.experiment_id == experiment_id))
+
+
+def latest_per_event(session) -> list[dict]:
+    """The newest reading of every event that has one (one index probe per event)."""
+    if session.bind.dialect.name == "postgresql":
+        sql = (
+            "SELECT d.id, d.time, d.value, e.id AS event_id, e.public_id AS event_public_id, "
+            "x.public_id AS experiment_public_id FROM events e "
+            "CROSS JOIN LATERAL (SELECT id, time, value, experiment_id FROM datapoints "
+            "  WHERE event_id = e.id ORDER BY time DESC LIMIT 1) d "
+            "LEFT JOIN experiments x ON x.id = d.experiment_id ORDER BY e.id"
+        )
+    else:
+        sql = (
+            "SELECT d.id, d.time, d.value, e.id AS event_id, e.public_id AS event_public_id, "
+            "x.public_id AS experiment_public_id FROM events e "
+            "JOIN datapoints d ON d.id = (SELECT id FROM datapoints WHERE event_id = e.id "
+            "  ORDER BY time DESC, id DESC LIMIT 1) "
+            "LEFT JOIN experiments x ON x.id = d.experiment_id ORDER BY e.id"
+        )
+    rows = session.execute(text(sql).columns(time=UTCDateTime())).all()
+    return [to_dict(r) for r in rows]
+
+
+def newest_time(session) -> datetime | None:
+    """The time of the newest stored reading (``/health``'s ``last_datapoint`` at start)."""
+    return timefmt.from_db(session.execute(select(func.max(dp.time))).scalar())
+
+
+def event_exists(session, event_public_id: str) -> bool:
+    return session.execute(select(Event.id).where(Event.public_id == event_public_id)).first() is not None
+
