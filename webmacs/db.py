@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -20,6 +21,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger("webmacs.db")
 T = TypeVar("T")
+
+# Alembic logs its plugin set-up and "Context impl ..." at INFO on every revision check,
+# i.e. on every start. Keep it to warnings; upgrade() logs what it does itself. With
+# WEBMACS_LOG_LEVEL=DEBUG everything shows.
+if os.environ.get("WEBMACS_LOG_LEVEL", "").strip().upper() != "DEBUG":
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 def _migrations_dir() -> Path:
     """``migrations/`` of the checkout, installed as the package ``webmacs.migrations``."""
@@ -70,9 +77,18 @@ def alembic_config(url: str):
 
 
 def upgrade(url: str, chunk_interval_hours: int = 24) -> None:
-    """`alembic upgrade head` on ``url``."""
+    """`alembic upgrade head` on ``url``; nothing (and no log line) when already at head."""
     from alembic import command
 
+    engine = make_engine(url, 1)
+    try:
+        current = current_revision(engine)
+    finally:
+        engine.dispose()
+    head = head_revision()
+    if current == head:
+        return
+    log.info("upgrading database schema from %s to %s", current or "nothing", head)
     cfg = alembic_config(url)
     cfg.attributes["chunk_interval_hours"] = chunk_interval_hours
     command.upgrade(cfg, "head")
