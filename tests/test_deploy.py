@@ -280,3 +280,91 @@ async def test_serve_sh_restart_skips_pip_and_is_as_quick_as_the_server(tmp_path
     assert script < direct + 1.0, (direct, script)
     for log in (direct_log, script_log):
         assert "alembic" not in log and "upgrading database schema" not in log, log
+
+
+# --- backups (docs/deploy.md) -----------------------------------------------------------------
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def deploy_block(tag: str) -> str:
+    import re
+
+    (body,) = re.findall(rf"^```bash {tag}\n(.*?)^```", (REPO / "docs" / "deploy.md").read_text(), re.S | re.M)
+    return body
+
+
+def pg_counts(url: str) -> tuple[int, int, int]:
+    from sqlalchemy import text
+
+    from webmacs.db import make_engine
+
+    engine = make_engine(url, 1)
+    try:
+        with engine.connect() as conn:
+            return (conn.execute(text("SELECT count(*) FROM events")).scalar(),
+                    conn.execute(text("SELECT count(*) FROM datapoints")).scalar(),
+                    conn.execute(text("SELECT count(*) FROM timescaledb_information.chunks "
+                                      "WHERE hypertable_name = 'datapoints'")).scalar())
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.timeout(120)
+def test_backup_and_restore_commands_of_deploy_md_on_timescaledb(pg_url, tmp_path):
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    from tests.conftest import drop_database, truncate_pg
+    from webmacs.db import make_engine
+
+    truncate_pg(pg_url)
+    engine = make_engine(pg_url, 1)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO events (public_id, name, type, created_on) "
+                          "VALUES ('ev-backup', 'Backup sensor', 'sensor', now())"))
+        conn.execute(text(
+            "INSERT INTO datapoints (time, event_id, value) SELECT now() - make_interval(mins => g), "
+            "(SELECT id FROM events WHERE public_id = 'ev-backup'), g FROM generate_series(1, 4320) g"))
+    engine.dispose()
+    before = pg_counts(pg_url)
+    assert before[1] == 4320 and before[2] >= 3  # three days: several chunks
+
+    prefix, _, name = pg_url.rpartition("/")
+    restored = f"{name}_restored"
+    template = os.environ["WEBMACS_TEST_PG_URL"].rpartition("/")[2]  # the extension, nothing else
+    admin = create_engine(f"{prefix}/postgres".replace("postgresql://", "postgresql+psycopg2://", 1),
+                          isolation_level="AUTOCOMMIT")
+    drop_database(admin, restored)
+
+    def create() -> bool:
+        with admin.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(7245001)"))  # the template is copied by others too
+            try:
+                conn.execute(text(f'CREATE DATABASE "{restored}" TEMPLATE "{template}"'))
+                return True
+            except OperationalError as exc:  # TimescaleDB's scheduler visits the template now and then
+                if "being accessed by other users" not in str(exc):
+                    raise
+                return False
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(7245001)"))
+
+    deadline = time.monotonic() + 60
+    while not create():
+        assert time.monotonic() < deadline, f"template {template} stayed in use for 60 s"
+        time.sleep(0.5)
+    # the restore runs as the cluster's superuser (scripts/timescaledb.sh sets its password)
+    superuser = prefix.replace("//webmacs:webmacs@", "//postgres:postgres@", 1)
+    env = clean_env(DATABASE_URL=pg_url, RESTORE_URL=f"{superuser}/{restored}",
+                    PATH=f"{PG_BIN}:{os.environ['PATH']}")
+    try:
+        for tag in ("backup", "restore"):
+            proc = subprocess.run(["bash", "-euo", "pipefail", "-c", deploy_block(tag)], cwd=tmp_path, env=env,
+                                  capture_output=True, text=True, timeout=90)
+            assert proc.returncode == 0, f"{tag}: {proc.stdout}{proc.stderr}"
+        assert (tmp_path / "webmacs-backup.dump").stat().st_size > 0
+        assert pg_counts(f"{prefix}/{restored}") == before  # read back as the app's role
+    finally:
+        drop_database(admin, restored)
+        admin.dispose()
