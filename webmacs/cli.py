@@ -111,7 +111,11 @@ def _settings_help() -> str:
 
     lines: list[str] = []
     comment: list[str] = []
-    for raw in inspect.getsource(config.Settings).splitlines():
+    try:
+        source = inspect.getsource(config.Settings)
+    except (OSError, TypeError):  # installed without sources
+        return "  see conf/webmacs.env.example"
+    for raw in source.splitlines():
         line = raw.strip()
         if line.startswith("# WEBMACS_") or (line.startswith("#") and comment):
             comment.append(line.lstrip("# ").strip())
