@@ -277,7 +277,9 @@ async def test_serve_sh_restart_skips_pip_and_is_as_quick_as_the_server(tmp_path
     script, script_log = await time_to_health(["bash", str(REPO / "scripts" / "serve.sh")], tmp_path, "script")
     print(f"time to /health: webmacs serve {direct:.2f}s, scripts/serve.sh {script:.2f}s")
     assert "installing" not in script_log and "pip" not in script_log, script_log
-    assert script < direct + 1.0, (direct, script)
+    # pip alone takes 5-10 s; the script's own check about 0.2 s (measured: 1.24 s vs 1.43 s
+    # on an idle machine). The margin is for a loaded one.
+    assert script < 1.5 * direct + 1.0, (direct, script)
     for log in (direct_log, script_log):
         assert "alembic" not in log and "upgrading database schema" not in log, log
 
