@@ -7,7 +7,9 @@ import asyncio
 import getpass
 import logging
 import os
+import re
 import sys
+import textwrap
 import threading
 import time
 
@@ -91,22 +93,112 @@ def cmd_controller(args) -> int:
     return controller_main()
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default and keeps the environment lists in the epilog as written."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _settings_help() -> str:
+    """The server's environment variables, read from the comments in webmacs/config.py
+    (each setting is documented where it is declared, so this list cannot drift)."""
+    import inspect
+
+    from webmacs import config
+
+    lines: list[str] = []
+    comment: list[str] = []
+    try:
+        source = inspect.getsource(config.Settings)
+    except (OSError, TypeError):  # installed without sources
+        return "  see conf/webmacs.env.example"
+    for raw in source.splitlines():
+        line = raw.strip()
+        if line.startswith("# WEBMACS_") or (line.startswith("#") and comment):
+            comment.append(line.lstrip("# ").strip())
+            continue
+        match = re.match(r"(\w+): [^=]+= (.+)$", line)
+        if comment and match:
+            default = match.group(2)
+            text = " ".join(comment)
+            if default not in ('""', "None") and "default" not in text.lower():
+                text += f" (default {default.strip(chr(34))})"
+            lines.append(text)
+        comment = []
+    return "\n".join(textwrap.fill(t, 88, initial_indent="  ", subsequent_indent="      ") for t in lines)
+
+
+def _controller_help() -> str:
+    """The ``Environment`` list of webmacs/controller/main.py's docstring."""
+    from webmacs.controller import main as controller
+
+    doc = (controller.__doc__ or "").split("\nEnvironment", 1)[-1]
+    items = [line.strip()[2:] for line in doc.splitlines() if line.strip().startswith("- ``WEBMACS_")]
+    return "\n".join("  " + item.replace("``", "") for item in items)
+
+
+def _para(text: str) -> str:
+    return textwrap.fill(text, 88)
+
+
+LOG_HELP = ("  WEBMACS_LOG_LEVEL  DEBUG, INFO (default), WARNING or ERROR\n"
+            "  WEBMACS_DEBUG      set to 1 to see a traceback instead of the one-line error")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="webmacs", description="WebMACS telemetry server")
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the server")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    from webmacs import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="webmacs", formatter_class=_HelpFormatter,
+        description=_para("webmacs: lab telemetry server (Tornado, TimescaleDB or SQLite) and its controller client."),
+        epilog="Run `webmacs COMMAND --help` for a command's options and the environment variables it reads.")
+    parser.add_argument("--version", action="version", version=f"webmacs {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser(
+        "serve", help="run the HTTP/WebSocket server", formatter_class=_HelpFormatter,
+        description=_para("Run the server: REST API under /api/v1, WebSockets under /ws/, the dashboard at /. "
+                    "An embedded SQLite database is migrated at start; PostgreSQL must be migrated first "
+                    "with `webmacs migrate`. SIGTERM stops it gracefully."),
+        epilog="environment (all optional):\n" + _settings_help() + "\n" + LOG_HELP)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     serve.set_defaults(fn=cmd_serve)
-    migrate = sub.add_parser("migrate", help="upgrade the database schema (alembic upgrade head)")
+
+    migrate = sub.add_parser(
+        "migrate", help="upgrade the database schema (alembic upgrade head)", formatter_class=_HelpFormatter,
+        description=_para("Upgrade the database named by WEBMACS_DATABASE_URL to the latest schema revision "
+                    "(alembic upgrade head). Safe to run again: a database at the latest revision is left "
+                    "as it is. On TimescaleDB the first run makes datapoints a hypertable."),
+        epilog="environment:\n"
+               "  WEBMACS_DATABASE_URL          database to migrate (default sqlite:///./webmacs.db)\n"
+               "  WEBMACS_CHUNK_INTERVAL_HOURS  hypertable chunk interval when it is created (default 24)\n"
+               + LOG_HELP)
     migrate.set_defaults(fn=cmd_migrate)
-    cu = sub.add_parser("create-user", help="create a user")
-    cu.add_argument("--email", required=True)
-    cu.add_argument("--username", required=True)
-    cu.add_argument("--password", help="prompted for when omitted")
-    cu.add_argument("--role", choices=("admin", "operator", "viewer"), default="viewer")
+
+    cu = sub.add_parser(
+        "create-user", help="create a user", formatter_class=_HelpFormatter,
+        description=_para("Create a user directly in the database (no server needed), e.g. the first admin. "
+                    "An embedded SQLite database is migrated first if needed."),
+        epilog="environment:\n"
+               "  WEBMACS_DATABASE_URL  database to write to (default sqlite:///./webmacs.db)\n" + LOG_HELP)
+    cu.add_argument("--email", required=True, help="login email (stored lower-case)")
+    cu.add_argument("--username", required=True, help="display name, unique")
+    cu.add_argument("--password", help="at least 8 characters; prompted for when omitted")
+    cu.add_argument("--role", choices=("admin", "operator", "viewer"), default="viewer",
+                    help="viewer reads, operator also writes and pushes telemetry, admin also manages users")
     cu.set_defaults(fn=cmd_create_user)
-    ctl = sub.add_parser("controller", help="run the controller client (configured from WEBMACS_* env)")
+
+    ctl = sub.add_parser(
+        "controller", help="run the controller client (configured from WEBMACS_* env)",
+        formatter_class=_HelpFormatter,
+        description=_para("Run the controller client: fetch the plugin instances and channel mappings from the "
+                    "server, read the drivers, spool every reading locally and send it until the server "
+                    "acknowledges it. SIGTERM/SIGINT sends what it can, then exits."),
+        epilog="environment:\n" + _controller_help() + "\n" + LOG_HELP)
     ctl.set_defaults(fn=cmd_controller)
     return parser
 

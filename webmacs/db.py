@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -29,6 +30,12 @@ T = TypeVar("T")
 # (COPY, executemany). Anything else is a bug, not an outage.
 DATABASE_ERRORS = (SQLAlchemyError, psycopg2.Error, sqlite3.Error)
 
+
+# Alembic logs its plugin set-up and "Context impl ..." at INFO on every revision check,
+# i.e. on every start. Keep it to warnings; upgrade() logs what it does itself. With
+# WEBMACS_LOG_LEVEL=DEBUG everything shows.
+if os.environ.get("WEBMACS_LOG_LEVEL", "").strip().upper() != "DEBUG":
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 def _migrations_dir() -> Path:
     """``migrations/`` of the checkout, installed as the package ``webmacs.migrations``."""
@@ -79,9 +86,18 @@ def alembic_config(url: str):
 
 
 def upgrade(url: str, chunk_interval_hours: int = 24) -> None:
-    """`alembic upgrade head` on ``url``."""
+    """`alembic upgrade head` on ``url``; nothing (and no log line) when already at head."""
     from alembic import command
 
+    engine = make_engine(url, 1)
+    try:
+        current = current_revision(engine)
+    finally:
+        engine.dispose()
+    head = head_revision()
+    if current == head:
+        return
+    log.info("upgrading database schema from %s to %s", current or "nothing", head)
     cfg = alembic_config(url)
     cfg.attributes["chunk_interval_hours"] = chunk_interval_hours
     command.upgrade(cfg, "head")
