@@ -37,6 +37,7 @@ DATABASE_ERRORS = (SQLAlchemyError, psycopg2.Error, sqlite3.Error)
 if os.environ.get("WEBMACS_LOG_LEVEL", "").strip().upper() != "DEBUG":
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
+
 def _migrations_dir() -> Path:
     """``migrations/`` of the checkout, installed as the package ``webmacs.migrations``."""
     import importlib.util
