@@ -9,6 +9,7 @@ import importlib
 # sub-paths are listed first.
 MODULES = (
     "webmacs.handlers.auth",
+    "webmacs.handlers.sso",
     "webmacs.handlers.dashboard",
     "webmacs.handlers.datapoints",
     "webmacs.handlers.resources",
