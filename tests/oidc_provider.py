@@ -19,6 +19,7 @@ URIs and to misbehave for negative tests:
         drop: [claim, ...]                         email_verified: override
         sign: "other_key" (bad signature, real kid) | "none" | "hs256_client_secret"
         token_status: answer /token with this HTTP status and an error body
+        token_delay: seconds /token waits before answering (a hanging IdP)
 
 ``GET /control`` returns counters (token requests, JWKS fetches, the last token
 request's form without secrets) for assertions.
@@ -26,6 +27,7 @@ request's form without secrets) for assertions.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -187,9 +189,11 @@ class Token(Base):
     def error(self, status: int, error: str, description: str) -> None:
         self.json({"error": error, "error_description": description}, status)
 
-    def post(self) -> None:
+    async def post(self) -> None:
         st = self.state
         st.stats["token_requests"] += 1
+        if st.misbehave.get("token_delay"):
+            await asyncio.sleep(float(st.misbehave["token_delay"]))
         form = {k: self.get_body_argument(k, "") for k in ("grant_type", "code", "redirect_uri", "code_verifier",
                                                             "client_id")}
         st.stats["last_token_form"] = {k: bool(v) for k, v in form.items()}

@@ -265,6 +265,13 @@ async def test_key_rotation_refreshes_keys(sso):
     await sso.login()
     after = await sso.provider.control()
     assert after["jwks_fetches"] > before["jwks_fetches"]
+    assert after["discovery_fetches"] == 1  # cached (TTL 1 h); the key set refresh was enough
+
+
+async def test_claims_missing_from_id_token_come_from_userinfo(sso):
+    await sso.provider.control({"misbehave": {"drop": ["email", "email_verified"]}})
+    _, me = await sso.login()
+    assert me["email"] == ALICE["email"]
 
 
 # --- refusals: the one-time code --------------------------------------------------------------
@@ -401,6 +408,13 @@ async def test_idp_down_is_502_naming_the_issuer(database_url, provider_process)
 
 async def test_token_endpoint_failing_is_502(sso):
     await sso.provider.control({"misbehave": {"token_status": 503}})
+    resp, _, _ = await sso.callback()
+    assert resp.code == 502 and sso.provider.issuer in resp.json["detail"], resp
+
+
+async def test_hanging_token_endpoint_times_out_as_502(sso):
+    sso.server.services.config.oidc_http_timeout = 0.5
+    await sso.provider.control({"misbehave": {"token_delay": 3}})
     resp, _, _ = await sso.callback()
     assert resp.code == 502 and sso.provider.issuer in resp.json["detail"], resp
 

@@ -4,13 +4,13 @@ both backends in tests/test_sso.py)."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import expect
 
-from tests.test_dashboard import CHROMIUM, CHROMIUM_ARGS
+# fixtures: Chromium, and a fresh SQLite database (browser tests run on one backend)
+from tests.test_dashboard import browser, database_url  # noqa: F401
 from tests.test_sso import provider, provider_process, server_settings, sso  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.browser
@@ -19,26 +19,16 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
 
 @pytest.fixture
-def database_url(sqlite_template, tmp_path) -> str:
-    path = tmp_path / "webmacs.db"
-    shutil.copy(sqlite_template, path)
-    return f"sqlite:///{path}"
-
-
-@pytest.fixture
-async def page(sso):
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        context = await browser.new_context(viewport={"width": 1200, "height": 800}, locale="en-US")
-        page = await context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        try:
-            yield page
-            assert errors == [], errors
-        finally:
-            await context.close()
-            await browser.close()
+async def page(sso, browser):
+    context = await browser.new_context(viewport={"width": 1200, "height": 800}, locale="en-US")
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        yield page
+        assert errors == [], errors
+    finally:
+        await context.close()
 
 
 async def test_sign_in_with_sso_in_chromium(sso, page):
