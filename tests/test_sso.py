@@ -28,7 +28,7 @@ from tests.oidc_provider import CLIENT_ID, CLIENT_SECRET
 from webmacs.config import ConfigError, Settings
 from webmacs.db import alembic_config, make_engine, upgrade
 from webmacs.handlers.auth import NO_PASSWORD
-from webmacs.models import SsoCode, utcnow
+from webmacs.models import SsoCode, User, utcnow
 from webmacs.sso import client_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -383,6 +383,15 @@ async def test_never_links_to_admin(sso):
     users = await sso.server.request("GET", "/api/v1/users?page_size=100")
     admin = next(u for u in users.json["data"] if u["email"] == ADMIN_EMAIL)
     assert admin["sso_provider"] is None
+
+
+async def test_admin_linked_by_hand_signs_in(sso):
+    await add_user(sso.provider, "root", email=ADMIN_EMAIL)
+    await sso.server.services.db.session(lambda s: s.execute(
+        update(User).where(User.email == ADMIN_EMAIL).values(sso_provider=sso.provider.issuer,
+                                                             sso_subject_id="root-sub")))
+    _, me = await sso.login("root")
+    assert me["email"] == ADMIN_EMAIL and me["role"] == "admin"
 
 
 async def test_auto_creation_disabled(sso):

@@ -91,7 +91,7 @@ def sha256_hex(value: str) -> str:
 
 def sanitize_username(raw: str | None) -> str:
     """``[a-zA-Z0-9._-]`` only, at most 50 characters (users.username)."""
-    return _USERNAME_CHARS.sub("", raw or "")[:50]
+    return _USERNAME_CHARS.sub("", raw if isinstance(raw, str) else "")[:50]
 
 
 class OidcClient:
@@ -348,7 +348,8 @@ def link_user(session: Session, config: Settings, issuer: str, claims: dict) -> 
                            ).scalar_one_or_none()
     if user is not None:
         return user.id, user.username, "subject"
-    email = str(claims.get("email") or "").strip().lower()
+    email = claims.get("email")
+    email = email.strip().lower() if isinstance(email, str) else ""
     if claims.get("email_verified") is not True:
         raise SsoError(403, f"Email not verified: the identity provider has not confirmed the email address "
                             f"{email or '(none)'}. Verify it at the identity provider, then sign in again.")

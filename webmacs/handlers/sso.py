@@ -111,11 +111,17 @@ class SsoCallbackHandler(SsoBaseHandler):
         self.clear_cookie(FLOW_COOKIE, path=COOKIE_PATH)
         self.redirect(f"{self.config.oidc_frontend_url}/sso-callback?code={one_time}", status=307)
 
+    def log_exception(self, typ, value, tb) -> None:
+        if isinstance(value, ApiError):
+            return
+        # not Tornado's default: its line carries the request URI (the IdP's code and our state)
+        log.error("sso callback failed: %s", typ.__name__, exc_info=(typ, value, tb))
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        if "text/html" not in self.request.headers.get("Accept", ""):
-            return super().write_error(status_code, **kwargs)
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        detail = exc.detail if isinstance(exc, ApiError) else "Internal server error."
+        if "text/html" not in self.request.headers.get("Accept", "") or not isinstance(exc, ApiError):
+            return super().write_error(status_code, **kwargs)
+        detail = exc.detail
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
         self.finish(ERROR_PAGE.format(detail=xhtml_escape(detail)))
