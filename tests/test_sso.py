@@ -9,6 +9,7 @@ tests/test_sso_browser.py.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import subprocess
@@ -292,6 +293,29 @@ async def test_one_time_code_single_use_unknown_and_expired(sso):
                             .values(expires_at=utcnow() - timedelta(seconds=1))))
     expired = await sso.exchange(late)
     assert expired.code == 400 and expired.json == INVALID
+
+
+async def test_concurrent_redemptions_only_one_wins(sso):
+    code = await sso.one_time_code()
+    results = await asyncio.gather(*(sso.exchange(code) for _ in range(4)))
+    assert sorted(r.code for r in results) == [200, 400, 400, 400]
+
+
+async def test_codes_and_states_are_shared_between_server_processes(sso, server_settings):
+    """A second server on the same database: it redeems the first one's code, and
+    refuses a state the first one used."""
+    other, http_server = await start_server(server_settings)
+    try:
+        other.services.config.oidc_redirect_uri = sso.server.services.config.oidc_redirect_uri
+        resp, url, cookie = await sso.callback()
+        code = parse_qs(urlsplit(resp.headers["Location"]).query)["code"][0]
+        elsewhere = Sso(other, sso.provider)
+        assert (await elsewhere.exchange(code)).code == 200
+        assert (await sso.exchange(code)).json == INVALID
+        replay = await elsewhere.get(other.base_url + url[len(sso.server.base_url):], cookie)
+        assert replay.code == 400 and "already used" in replay.json["detail"]
+    finally:
+        await stop_server(other, http_server)
 
 
 # --- refusals: state and PKCE ------------------------------------------------------------------
