@@ -24,7 +24,7 @@ setup(
         "tornado>=6.4",
         "sqlalchemy>=2.0",
         "psycopg2-binary>=2.9",
-        "pyjwt>=2.8",
+        "pyjwt[crypto]>=2.8",
         "alembic>=1.13",
         "requests>=2.31",
         "requests-futures>=1.0",

@@ -37,12 +37,13 @@ WEBSOCKET_PING_INTERVAL = 30
 WEBSOCKET_PING_TIMEOUT = 20
 
 
-_TOKEN_IN_QUERY = re.compile(r"(token=)[^&\s]+")
+# tokens, and SSO authorization codes, one-time codes and state (/sso-callback?code=...)
+_TOKEN_IN_QUERY = re.compile(r"((?:token|[?&]code|[?&]state)=)[^&\s]+")
 access_log = logging.getLogger("tornado.access")
 
 
 def log_request(handler) -> None:
-    """Tornado's access log line, with ``?token=...`` redacted (WebSocket URLs carry JWTs)."""
+    """Tornado's access log line, with ``?token=``, ``code=`` and ``state=`` redacted (WebSocket URLs carry JWTs)."""
     status = handler.get_status()
     level = logging.INFO if status < 400 else (logging.WARNING if status < 500 else logging.ERROR)
     if not access_log.isEnabledFor(level):

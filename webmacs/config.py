@@ -86,6 +86,39 @@ class Settings:
     webhook_retry_base: float = 2.0
     # WEBMACS_SENSOR_READING_THROTTLE: seconds between sensor.reading webhooks per event.
     sensor_reading_throttle: float = 5.0
+    # --- single sign-on (OpenID Connect), see docs/sso.md ---------------------
+    # Each is read from WEBMACS_OIDC_<NAME> or, so an existing WebMACS .env works,
+    # from OIDC_<NAME>; when both are set the WEBMACS_ one wins.
+    # OIDC_ENABLED: turn SSO on (true/false, default false).
+    oidc_enabled: bool = False
+    # OIDC_PROVIDER_NAME: shown on the login button ("Sign in with <name>").
+    oidc_provider_name: str = "SSO"
+    # OIDC_ISSUER_URL: the IdP's issuer; discovery is read from
+    # <issuer>/.well-known/openid-configuration. Required when enabled.
+    oidc_issuer_url: str = ""
+    # OIDC_CLIENT_ID / OIDC_CLIENT_SECRET: this server's confidential client at
+    # the IdP. Required when enabled. The secret is never logged.
+    oidc_client_id: str = ""
+    oidc_client_secret: str = field(default="", repr=False)
+    # OIDC_SCOPES: space-separated scopes; must include "openid".
+    oidc_scopes: str = "openid email profile"
+    # OIDC_REDIRECT_URI: https://<host>/api/v1/auth/sso/callback, exactly as
+    # registered at the IdP. Required when enabled.
+    oidc_redirect_uri: str = ""
+    # OIDC_DEFAULT_ROLE: role of users created on their first SSO login.
+    oidc_default_role: str = "viewer"
+    # OIDC_AUTO_CREATE_USERS: create unknown users on first login (default true).
+    oidc_auto_create_users: bool = True
+    # OIDC_FRONTEND_URL: where the browser goes after the callback
+    # (<url>/sso-callback?code=...). Empty: this server's own page.
+    oidc_frontend_url: str = ""
+    # OIDC_HTTP_TIMEOUT: seconds for each request to the IdP (discovery, token, keys).
+    oidc_http_timeout: float = 10.0
+    # OIDC_DISCOVERY_TTL: seconds the discovery document and key set are cached.
+    oidc_discovery_ttl: float = 3600.0
+    # OIDC_JWKS_REFRESH_COOLDOWN: minimum seconds between key set refreshes caused
+    # by an unknown key id (a rotated key); bounds what forged tokens can trigger.
+    oidc_jwks_refresh_cooldown: float = 30.0
 
     @property
     def is_sqlite(self) -> bool:
@@ -122,6 +155,7 @@ class Settings:
         s.sensor_reading_throttle = _float(
             env, "WEBMACS_SENSOR_READING_THROTTLE", s.sensor_reading_throttle, 0.0, 3600
         )
+        _read_oidc(env, s)
         key = env.get("WEBMACS_SECRET_KEY") or ""
         if s.env == "production":
             if len(key.encode()) < 32:
@@ -132,6 +166,69 @@ class Settings:
             key = _persistent_dev_key(s.database_url)
         s.secret_key = key
         return s
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _oidc_env(env: Mapping[str, str]) -> dict[str, str]:
+    """OIDC_* values with WEBMACS_OIDC_* taking precedence, keyed by the name used
+    in error messages (the variable that was actually set)."""
+    out = {key: value for key, value in env.items() if key.startswith("OIDC_") and value.strip() != ""}
+    for key, value in env.items():
+        if key.startswith("WEBMACS_OIDC_") and value.strip() != "":
+            out[key[len("WEBMACS_"):]] = value
+    return out
+
+
+def _read_oidc(env: Mapping[str, str], s: "Settings") -> None:
+    from webmacs.models import ROLES
+
+    o = _oidc_env(env)
+    s.oidc_enabled = _bool(o, "OIDC_ENABLED", s.oidc_enabled)
+    s.oidc_provider_name = (o.get("OIDC_PROVIDER_NAME") or s.oidc_provider_name).strip()[:100]
+    s.oidc_issuer_url = (o.get("OIDC_ISSUER_URL") or "").strip()
+    s.oidc_client_id = (o.get("OIDC_CLIENT_ID") or "").strip()
+    s.oidc_client_secret = (o.get("OIDC_CLIENT_SECRET") or "").strip()
+    s.oidc_scopes = " ".join((o.get("OIDC_SCOPES") or s.oidc_scopes).split())
+    s.oidc_redirect_uri = (o.get("OIDC_REDIRECT_URI") or "").strip()
+    s.oidc_default_role = (o.get("OIDC_DEFAULT_ROLE") or s.oidc_default_role).strip().lower()
+    s.oidc_auto_create_users = _bool(o, "OIDC_AUTO_CREATE_USERS", s.oidc_auto_create_users)
+    s.oidc_frontend_url = (o.get("OIDC_FRONTEND_URL") or "").strip().rstrip("/")
+    s.oidc_http_timeout = _float(o, "OIDC_HTTP_TIMEOUT", s.oidc_http_timeout, 0.5, 120)
+    s.oidc_discovery_ttl = _float(o, "OIDC_DISCOVERY_TTL", s.oidc_discovery_ttl, 0, 86400)
+    s.oidc_jwks_refresh_cooldown = _float(o, "OIDC_JWKS_REFRESH_COOLDOWN", s.oidc_jwks_refresh_cooldown, 0, 3600)
+    if s.oidc_default_role not in ROLES:
+        raise ConfigError(f"OIDC_DEFAULT_ROLE must be one of {', '.join(ROLES)}, got {s.oidc_default_role!r}")
+    if not s.oidc_enabled:
+        return
+    for name in ("OIDC_ISSUER_URL", "OIDC_CLIENT_ID", "OIDC_CLIENT_SECRET", "OIDC_REDIRECT_URI"):
+        if not o.get(name, "").strip():
+            raise ConfigError(f"{name} (or WEBMACS_{name}) must be set when OIDC_ENABLED is true")
+    for name, url in (("OIDC_ISSUER_URL", s.oidc_issuer_url), ("OIDC_REDIRECT_URI", s.oidc_redirect_uri),
+                      ("OIDC_FRONTEND_URL", s.oidc_frontend_url)):
+        if url and not _is_http_url(url):
+            raise ConfigError(f"{name} must be an http:// or https:// URL, got {url!r}")
+    if not s.oidc_redirect_uri.split("?")[0].endswith("/api/v1/auth/sso/callback"):
+        raise ConfigError("OIDC_REDIRECT_URI must end with /api/v1/auth/sso/callback "
+                          f"(this server's callback), got {s.oidc_redirect_uri!r}")
+    if "openid" not in s.oidc_scopes.split():
+        raise ConfigError(f"OIDC_SCOPES must include openid, got {s.oidc_scopes!r}")
+
+
+def _is_http_url(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc) and not parts.fragment
 
 
 def _persistent_dev_key(database_url: str) -> str:

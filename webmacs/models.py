@@ -24,6 +24,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -114,8 +115,27 @@ class User(Base):
     public_id: Mapped[str] = _public_id()
     email: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
     username: Mapped[str] = mapped_column(String(50), unique=True, nullable=False)
-    password_hash: Mapped[str] = mapped_column(String(255), nullable=False)
+    # NULL for a user created by single sign-on: password login is refused until
+    # an admin sets a password.
+    password_hash: Mapped[str | None] = mapped_column(String(255), nullable=True)
     role: Mapped[str] = mapped_column(String(16), nullable=False, default="viewer")
+    created_on: Mapped[datetime] = _created()
+    # The SSO identity linked to this user: the IdP's issuer and its ``sub``.
+    sso_provider: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    sso_subject_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    __table_args__ = (UniqueConstraint("sso_provider", "sso_subject_id", name="uq_users_sso_identity"),)
+
+
+class SsoCode(Base):
+    """Single-use SSO values, by their SHA-256: ``login`` codes (60 s, exchanged
+    once for a JWT) and ``state`` ids (inserted once when a callback uses them, so
+    a replayed state fails on the primary key, on every server process)."""
+
+    __tablename__ = "sso_codes"
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(16), nullable=False)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, index=True)
     created_on: Mapped[datetime] = _created()
 
 

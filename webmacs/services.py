@@ -31,6 +31,7 @@ from webmacs.models import IngestBatch, WebhookDelivery
 from webmacs.rules import RuleEngine, server_log
 from webmacs.storage import datapoints
 from webmacs.storage.linkage import load_linkage
+from webmacs.sso import OidcClient
 from webmacs.webhooks import WebhookDispatcher
 
 log = logging.getLogger("webmacs")
@@ -53,6 +54,7 @@ class Services:
         self.rules = RuleEngine(self.db, self.webhooks)
         self.linkage = CachedView("linkage", self.db.session, load_linkage)
         self.pipeline = IngestPipeline(self.db, self.linkage)
+        self.sso = OidcClient(config) if config.oidc_enabled else None  # single sign-on, when configured
         # Consumers of committed batches, in this order.
         self.pipeline.add_listener(self.webhooks.sensor_readings)
         self.pipeline.add_listener(self.rules.evaluate)

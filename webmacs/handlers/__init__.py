@@ -11,6 +11,7 @@ from webmacs.handlers.base import NotFoundHandler
 # sub-paths are listed first.
 MODULES = (
     "webmacs.handlers.auth",
+    "webmacs.handlers.sso",
     "webmacs.handlers.dashboard",
     "webmacs.handlers.datapoints",
     "webmacs.handlers.export",

@@ -15,6 +15,8 @@ from webmacs.security import create_jwt, hash_password, new_api_token, verify_pa
 from webmacs.timefmt import api as iso
 from webmacs.validation import Bool, DateTimeField, Email, Str
 
+NO_PASSWORD = ("This account signs in with single sign-on and has no password: use the single sign-on "
+               "button, or ask an administrator to set a password.")
 LOGIN_SPEC = {"email": Email(required=True), "password": Str(1, 1024, strip=False, required=True)}
 USER_SPEC = {
     "email": Email(required=True),
@@ -32,7 +34,7 @@ def user_dict(user: User) -> dict:
         "username": user.username,
         "role": user.role,
         "admin": user.role == "admin",
-        "sso_provider": None,
+        "sso_provider": user.sso_provider,
         "created_on": iso(user.created_on),
         "registered_on": iso(user.created_on),
     }
@@ -56,11 +58,13 @@ class LoginHandler(BaseHandler):
         def check(session):
             user = session.execute(select(User).where(User.email == body["email"])).scalar_one_or_none()
             ok = verify_password(user.password_hash if user else None, body["password"])
-            return user if ok else None
+            return user if ok or (user is not None and user.password_hash is None) else None
 
         user = await self.db.session(check)
         if user is None:
             raise ApiError(401, "Invalid email or password.")
+        if user.password_hash is None:  # created by single sign-on
+            raise ApiError(401, NO_PASSWORD)
         token, _claims = create_jwt(self.config.secret_key, user.public_id, self.config.token_ttl_minutes)
         self.send({
             "status": "success",

@@ -742,6 +742,43 @@
     signOut("You have been signed out.");
   }
 
+  // --- single sign-on (docs/sso.md) ---------------------------------------------------------------
+
+  /* Show "Sign in with <provider>" when the server has SSO on. */
+  async function showSsoButton() {
+    try {
+      const resp = await fetch("/api/v1/auth/sso/config", { headers: { Accept: "application/json" } });
+      const cfg = resp.ok ? await resp.json() : null;
+      if (cfg && cfg.enabled) {
+        $("sso-button").textContent = "Sign in with " + cfg.provider_name;
+        $("sso-button").hidden = false;
+      }
+    } catch (err) {
+      // no button: password login still works
+    }
+  }
+
+  /* /sso-callback?code=...: trade the one-time code for a token, like a password login. */
+  async function finishSso(code) {
+    window.history.replaceState(null, "", "/");  // the code is single-use; keep it out of history
+    try {
+      const resp = await fetch("/api/v1/auth/sso/exchange", {
+        method: "POST",
+        headers: { "Content-Type": "application/json", Accept: "application/json" },
+        body: JSON.stringify({ code: code }),
+      });
+      let data = null;
+      try { data = await resp.json(); } catch (e) { data = null; }
+      if (resp.ok && data && data.access_token) {
+        await startSession(data.access_token);
+        return;
+      }
+      showLogin("Single sign-on failed: " + ((data && data.detail) || ("HTTP " + resp.status)));
+    } catch (err) {
+      showLogin("Cannot reach the server: " + err.message);
+    }
+  }
+
   // --- wiring -------------------------------------------------------------------------------------
 
   const api = {
@@ -767,8 +804,12 @@
     $("experiment-stop").addEventListener("click", () => {
       if (session) session.guard(session.stopExperiment());
     });
+    showSsoButton();
+    const ssoCode = window.location.pathname === "/sso-callback"
+      ? new URLSearchParams(window.location.search).get("code") : null;
     const token = sessionStorage.getItem(TOKEN_KEY);
-    if (token) startSession(token);
+    if (ssoCode) finishSso(ssoCode);
+    else if (token) startSession(token);
     else showLogin("");
   }
 
