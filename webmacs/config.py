@@ -86,6 +86,11 @@ class Settings:
     webhook_retry_base: float = 2.0
     # WEBMACS_SENSOR_READING_THROTTLE: seconds between sensor.reading webhooks per event.
     sensor_reading_throttle: float = 5.0
+    # WEBMACS_PLUGIN_PACKAGES_DIR: where uploaded plugin wheels are kept (created
+    # when missing); controllers download and install them from here.
+    plugin_packages_dir: str = "./plugin-packages"
+    # WEBMACS_PLUGIN_MAX_UPLOAD_MB: largest plugin wheel accepted (1..1024 MB, default 50).
+    plugin_max_upload_mb: int = 50
     extra: dict = field(default_factory=dict)
 
     @property
@@ -123,6 +128,8 @@ class Settings:
         s.sensor_reading_throttle = _float(
             env, "WEBMACS_SENSOR_READING_THROTTLE", s.sensor_reading_throttle, 0.0, 3600
         )
+        s.plugin_packages_dir = (env.get("WEBMACS_PLUGIN_PACKAGES_DIR") or "").strip() or s.plugin_packages_dir
+        s.plugin_max_upload_mb = _int(env, "WEBMACS_PLUGIN_MAX_UPLOAD_MB", s.plugin_max_upload_mb, 1, 1024)
         key = env.get("WEBMACS_SECRET_KEY") or ""
         if s.env == "production":
             if len(key.encode()) < 32:

@@ -11,6 +11,7 @@ MODULES = (
     "webmacs.handlers.auth",
     "webmacs.handlers.dashboard",
     "webmacs.handlers.datapoints",
+    "webmacs.handlers.packages",  # /plugins/packages before /plugins/{id}
     "webmacs.handlers.resources",
     "webmacs.handlers.integrations",
     "webmacs.handlers.ws",

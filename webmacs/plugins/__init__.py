@@ -3,7 +3,16 @@
 A plugin class describes its channels in code (``channels()``) and makes a
 driver that reads them (``create_driver(config, demo_mode)``). The server uses
 the descriptions to create channel mappings; the controller runs the drivers.
-A third-party package adds its own with, in its setup.py::
+A driver has ``read() -> {channel_id: value}`` (a channel missing from the dict
+has no reading this time) and, for plugins with outputs, ``write(channel_id,
+value)``; ``close()`` is optional.
+
+A plugin whose channel set depends on the installation (``dynamic_channels``,
+e.g. the Revolution Pi: its IOs are whatever piCtory configured on the device)
+lists no fixed channels; mappings for it are added by channel id.
+
+The bundled plugins are ``simulated``, ``system`` and ``revpi``. A third-party
+package adds its own with, in its setup.py::
 
     entry_points={"webmacs.plugins": ["my_device = my_pkg:MyDevicePlugin"]}
 """
@@ -11,11 +20,16 @@ A third-party package adds its own with, in its setup.py::
 from __future__ import annotations
 
 import logging
+import math
+import random
+import time
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Protocol
 
 log = logging.getLogger("webmacs.plugins")
+
+BUNDLED = ("simulated", "system", "revpi")
 
 
 @dataclass(frozen=True)
@@ -24,11 +38,17 @@ class Channel:
     channel_name: str
     direction: str  # input | output | bidirectional
     unit: str
+    min_value: float = 0.0
+    max_value: float = 100.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"channel_id": self.channel_id, "channel_name": self.channel_name, "direction": self.direction,
+                "unit": self.unit, "min_value": self.min_value, "max_value": self.max_value}
 
 
 class Driver(Protocol):
     def read(self) -> dict[str, float]:
-        """Current value of every input channel, by channel_id."""
+        """Current value of every readable channel, by channel_id."""
 
 
 class Plugin:
@@ -38,6 +58,8 @@ class Plugin:
     vendor: str = "WebMACS"
     description: str = ""
     url: str | None = None
+    # True: the channel set is per installation; any channel id may be mapped.
+    dynamic_channels: bool = False
 
     @classmethod
     def channels(cls) -> list[Channel]:
@@ -52,12 +74,55 @@ class Plugin:
         return {"id": cls.id, "name": cls.name, "version": cls.version, "vendor": cls.vendor,
                 "description": cls.description, "url": cls.url}
 
+    @classmethod
+    def has_channel(cls, channel_id: str) -> bool:
+        return cls.dynamic_channels or any(ch.channel_id == channel_id for ch in cls.channels())
+
+
+def clamp(value: float, lo: float, hi: float) -> float:
+    return min(hi, max(lo, value))
+
+
+class DemoDriver:
+    """Demo mode for any channel list: each input a slow sine plus noise inside its
+    range, each output holds the last value written (its minimum at start)."""
+
+    def __init__(self, channels: list[Channel], seed: int | None = None) -> None:
+        self.rng = random.Random(seed)
+        self.t0 = time.monotonic()
+        self.channels = {ch.channel_id: ch for ch in channels}
+        self.outputs = {ch.channel_id: ch.min_value for ch in channels if ch.direction != "input"}
+
+    def read(self) -> dict[str, float]:
+        t = time.monotonic() - self.t0
+        values: dict[str, float] = {}
+        for i, ch in enumerate(self.channels.values()):
+            if ch.channel_id in self.outputs:
+                values[ch.channel_id] = self.outputs[ch.channel_id]
+                continue
+            mid, half = (ch.min_value + ch.max_value) / 2, (ch.max_value - ch.min_value) / 2
+            raw = mid + 0.4 * half * math.sin(t / (60.0 + 17 * i)) + self.rng.gauss(0.0, 0.02 * half)
+            values[ch.channel_id] = round(clamp(raw, ch.min_value, ch.max_value), 3)
+        return values
+
+    def write(self, channel_id: str, value: float) -> None:
+        ch = self.channels.get(channel_id)
+        if ch is None or channel_id not in self.outputs:
+            raise KeyError(f"{channel_id!r} is not an output channel")
+        self.outputs[channel_id] = clamp(float(value), ch.min_value, ch.max_value)
+
+
+def bundled() -> dict[str, type[Plugin]]:
+    from webmacs.plugins.revpi import RevPiPlugin
+    from webmacs.plugins.simulated import SimulatedPlugin
+    from webmacs.plugins.system import SystemPlugin
+
+    return {cls.id: cls for cls in (SimulatedPlugin, SystemPlugin, RevPiPlugin)}
+
 
 def available() -> dict[str, type[Plugin]]:
-    """Plugin classes by id: the entry-point group, plus the bundled ones."""
-    from webmacs.plugins.simulated import SimulatedPlugin
-
-    found: dict[str, type[Plugin]] = {SimulatedPlugin.id: SimulatedPlugin}
+    """Plugin classes by id: the bundled ones, plus the entry-point group."""
+    found = bundled()
     for ep in entry_points(group="webmacs.plugins"):
         try:
             cls = ep.load()
@@ -65,5 +130,5 @@ def available() -> dict[str, type[Plugin]]:
             log.warning("cannot load plugin entry point %s", ep.name, exc_info=True)
             continue
         if isinstance(cls, type) and issubclass(cls, Plugin) and cls.id:
-            found[cls.id] = cls
+            found.setdefault(cls.id, cls)
     return found
