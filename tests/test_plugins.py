@@ -453,3 +453,28 @@ async def test_controller_streams_simulated_and_installs_uploaded_package(server
     finally:
         rc, _took = await stop_controller(proc)
     assert rc == 0
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 70, 4096])
+def test_multipart_reader_any_chunking(chunk, tmp_path):
+    import io
+
+    from webmacs.uploads import MultipartError, MultipartFile, boundary_of
+
+    data = os.urandom(20000) + b"\r\n--almost-the-boundary\r\n" + os.urandom(100)
+    body, headers = multipart("pkg.whl", data)
+    sink = io.BytesIO()
+    reader = MultipartFile(boundary_of(headers["Content-Type"]), "file", sink, max_bytes=len(data))
+    for i in range(0, len(body), chunk):
+        reader.feed(body[i:i + chunk])
+    reader.finish()
+    assert sink.getvalue() == data and reader.filename == "pkg.whl" and not reader.too_large
+    assert reader.sha256.hexdigest() == hashlib.sha256(data).hexdigest()
+    small = MultipartFile(boundary_of(headers["Content-Type"]), "file", io.BytesIO(), max_bytes=100)
+    small.feed(body)
+    small.finish()
+    assert small.too_large and small.size == len(data)
+    cut = MultipartFile(boundary_of(headers["Content-Type"]), "file", io.BytesIO(), max_bytes=len(data))
+    cut.feed(body[:-10])
+    with pytest.raises(MultipartError, match="final boundary"):
+        cut.finish()
