@@ -29,6 +29,7 @@ setup(
         "requests>=2.31",
         "requests-futures>=1.0",
         "argon2-cffi>=23.1",
+        "psutil>=5.9",  # the bundled System Monitor plugin (controller side)
     ],
     extras_require={
         "test": [
@@ -40,6 +41,10 @@ setup(
     },
     entry_points={
         "console_scripts": ["webmacs = webmacs.cli:main"],
-        "webmacs.plugins": ["simulated = webmacs.plugins.simulated:SimulatedPlugin"],
+        "webmacs.plugins": [
+            "simulated = webmacs.plugins.simulated:SimulatedPlugin",
+            "system = webmacs.plugins.system:SystemPlugin",
+            "revpi = webmacs.plugins.revpi:RevPiPlugin",
+        ],
     },
 )

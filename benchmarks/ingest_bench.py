@@ -852,7 +852,7 @@ async def setup_sensors(base: str, email: str, password: str, n: int, experiment
     token = body["access_token"]
     tag = uuid.uuid4().hex[:6]
     code, inst = await rest("POST", f"{base}/api/v1/plugins",
-                            {"plugin_id": "simulated", "instance_name": f"bench {tag}"}, token)
+                            {"plugin_id": "revpi", "instance_name": f"bench {tag}"}, token)
     if code != 201:
         raise SystemExit(f"plugin instance: {code} {inst}")
     instance = inst["public_id"]

@@ -270,7 +270,8 @@ class TestServer:
 
     async def linked_events(self, n: int = 1, prefix: str = "Sensor") -> list[str]:
         """Create ``n`` events linked to one enabled plugin instance; return their public ids."""
-        resp = await self.request("POST", "/api/v1/plugins", {"plugin_id": "simulated",
+        # a Revolution Pi instance: its channels are piCtory IO names, any id may be mapped
+        resp = await self.request("POST", "/api/v1/plugins", {"plugin_id": "revpi",
                                                               "instance_name": f"{prefix} device"})
         assert resp.code == 201, resp
         instance = resp.json["public_id"]

@@ -456,13 +456,15 @@ async def stop_controller(proc, timeout: float = 15.0) -> tuple[int, float]:
 
 @pytest.mark.timeout(120)
 async def test_controller_runs_plugins_resyncs_and_stops_cleanly(server, tmp_path):
+    # auto_create_events defaults to true: every channel is linked to a new event
     resp = await server.request("POST", "/api/v1/plugins", {"plugin_id": "simulated", "instance_name": "Rig",
-                                                           "demo_mode": True, "auto_create_events": True})
+                                                           "demo_mode": True})
     assert resp.code == 201, resp
     instance = resp.json["public_id"]
     mappings = {m["channel_id"]: m for m in resp.json["channel_mappings"]}
     events = {ch: m["event_public_id"] for ch, m in mappings.items()}
-    assert set(events) == {"temperature", "pressure", "valve"} and all(events.values())
+    assert set(events) == {"temp_reactor", "temp_inlet", "temp_outlet", "pressure_chamber", "pressure_diff",
+                           "volume_flow", "humidity", "heater_power", "valve_position"} and all(events.values())
     token = (await server.request("POST", "/api/v1/tokens", {"name": "controller"})).json["token"]
     log_path = tmp_path / "controller.log"
     spool = tmp_path / "spool.db"
@@ -473,24 +475,26 @@ async def test_controller_runs_plugins_resyncs_and_stops_cleanly(server, tmp_pat
     try:
         svc = server.services
         await wait_for(lambda: all(count_rows(svc, [e]) >= 3 for e in events.values()), timeout=20,
-                       message="readings of all three channels")
+                       message="readings of all nine channels")
         # unlink the valve: its readings stop after the next re-sync
-        resp = await server.request("PUT", f"/api/v1/plugins/{instance}/channels/{mappings['valve']['public_id']}",
+        valve = mappings["valve_position"]["public_id"]
+        resp = await server.request("PUT", f"/api/v1/plugins/{instance}/channels/{valve}",
                                     {"event_public_id": None})
         assert resp.code == 200, resp
         # the controller re-syncs: valve readings stop while temperature goes on
-        await wait_for(stopped_while(svc, events["valve"], events["temperature"], readings=5), timeout=15,
-                       interval=0.1, message="valve readings to stop after the re-sync")
-        valve_rows = count_rows(svc, [events["valve"]])
-        temp_rows = count_rows(svc, [events["temperature"]])
-        await wait_for(lambda: count_rows(svc, [events["temperature"]]) >= temp_rows + 5, timeout=10,
+        await wait_for(stopped_while(svc, events["valve_position"], events["temp_reactor"], readings=5),
+                       timeout=15, interval=0.1, message="valve readings to stop after the re-sync")
+        valve_rows = count_rows(svc, [events["valve_position"]])
+        temp_rows = count_rows(svc, [events["temp_reactor"]])
+        await wait_for(lambda: count_rows(svc, [events["temp_reactor"]]) >= temp_rows + 5, timeout=10,
                        message="more temperature readings")
-        assert count_rows(svc, [events["valve"]]) == valve_rows
-        resp = await server.request("GET", f"/api/v1/datapoints?event_public_id={events['pressure']}&page_size=5")
+        assert count_rows(svc, [events["valve_position"]]) == valve_rows
+        resp = await server.request("GET",
+                                    f"/api/v1/datapoints?event_public_id={events['pressure_chamber']}&page_size=5")
         for dp in resp.json["data"]:  # each reading carries its own reading time
             ts = datetime.fromisoformat(dp["timestamp"]).replace(tzinfo=timezone.utc)
             assert started - timedelta(seconds=1) <= ts <= datetime.now(timezone.utc)
-            assert 1000 < dp["value"] < 1030
+            assert 0 <= dp["value"] <= 6  # bar
         stamps = [dp["timestamp"] for dp in resp.json["data"]]
         assert len(set(stamps)) == len(stamps)
     finally:
@@ -514,11 +518,11 @@ async def test_controller_runs_plugins_resyncs_and_stops_cleanly(server, tmp_pat
     check = Spool(str(spool))
     waiting = check.pending
     check.close()
-    assert waiting >= 10, log_path.read_text()  # ~2 s at 0.2 s x 2 linked channels
-    before = count_rows(svc, [events["temperature"], events["pressure"]])
+    assert waiting >= 10, log_path.read_text()  # ~2 s at 0.2 s x 8 linked channels
+    before = count_rows(svc, list(events.values()))
     proc = await start_controller(env, log_path)
     try:
-        await wait_for(lambda: count_rows(svc, [events["temperature"], events["pressure"]]) >= before + waiting,
+        await wait_for(lambda: count_rows(svc, list(events.values())) >= before + waiting,
                        timeout=20, message="the spooled readings delivered")
     finally:
         rc, _ = await stop_controller(proc)

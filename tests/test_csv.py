@@ -103,7 +103,7 @@ async def test_quoting_and_empty_unit(server):
                                 {"name": 'Flow, "main" line', "type": "sensor", "unit": None})
     assert resp.code == 201, resp
     event = resp.json["public_id"]
-    plugin = await server.request("POST", "/api/v1/plugins", {"plugin_id": "simulated", "instance_name": "dev"})
+    plugin = await server.request("POST", "/api/v1/plugins", {"plugin_id": "revpi", "instance_name": "dev"})
     ch = await server.request("POST", f"/api/v1/plugins/{plugin.json['public_id']}/channels", {
         "channel_id": "f", "channel_name": "Flow", "direction": "input", "unit": "", "event_public_id": event})
     assert ch.code == 201, ch

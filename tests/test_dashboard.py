@@ -96,7 +96,7 @@ async def dashboard(browser, server):
 
 async def make_events(server, specs: list[tuple[str, str]]) -> list[str]:
     """Events with these (name, unit), linked to one enabled plugin instance."""
-    plugin = await server.request("POST", "/api/v1/plugins", {"plugin_id": "simulated", "instance_name": "Rig"})
+    plugin = await server.request("POST", "/api/v1/plugins", {"plugin_id": "revpi", "instance_name": "Rig"})
     assert plugin.code == 201, plugin
     ids = []
     for i, (name, unit) in enumerate(specs):

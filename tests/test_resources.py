@@ -91,23 +91,26 @@ async def test_plugins_available_and_instance_with_auto_events(server):
     sim = next(p for p in avail.json if p["id"] == "simulated")
     assert {"id", "name", "version", "vendor", "description", "url"} <= set(sim)
     created = await server.request("POST", "/api/v1/plugins", {"plugin_id": "simulated", "instance_name": "Bench",
-                                                               "demo_mode": True, "auto_create_events": True})
+                                                               "demo_mode": True})  # auto_create_events: default
     assert created.code == 201
     inst = created.json
     assert inst["status"] == "success" and inst["enabled"] is True and inst["demo_mode"] is True
     channels = {m["channel_id"]: m for m in inst["channel_mappings"]}
-    assert set(channels) == {"temperature", "pressure", "valve"}
-    assert all(m["event_public_id"] for m in channels.values())
-    events = (await server.request("GET", "/api/v1/events")).json["data"]
-    assert {e["name"] for e in events} == {"Bench Temperature", "Bench Pressure", "Bench Valve"}
+    assert len(channels) == 9 and all(m["event_public_id"] for m in channels.values())
+    events = {e["name"]: e for e in (await server.request("GET", "/api/v1/events")).json["data"]}
+    assert len(events) == 9
+    reactor = events["Bench Reactor Temperature"]
+    assert (reactor["type"], reactor["unit"], reactor["min_value"], reactor["max_value"]) == ("sensor", "°C", 20, 500)
+    assert events["Bench Heater Power"]["type"] == "actuator"
     # data to an auto-created event is accepted straight away
     accepted = await server.request("POST", "/api/v1/datapoints",
-                                    {"value": 21.5, "event_public_id": channels["temperature"]["event_public_id"]})
+                                    {"value": 21.5, "event_public_id": channels["temp_reactor"]["event_public_id"]})
     assert accepted.code == 201
 
 
 async def test_plugin_instance_crud_and_channels(server):
-    created = await server.request("POST", "/api/v1/plugins", {"plugin_id": "simulated", "instance_name": "Rig"})
+    created = await server.request("POST", "/api/v1/plugins", {"plugin_id": "revpi", "instance_name": "Rig",
+                                                               "auto_create_events": False})
     assert created.code == 201 and created.json["enabled"] is True
     pid = created.json["public_id"]
     assert all(m["event_public_id"] is None for m in created.json["channel_mappings"])
@@ -127,7 +130,7 @@ async def test_plugin_instance_crud_and_channels(server):
                                {"event_public_id": "missing"})
     assert bad.code == 404
     listing = await server.request("GET", f"/api/v1/plugins/{pid}/channels")
-    assert len(listing.json) == 4
+    assert len(listing.json) == 1
     bad_dir = await server.request("POST", f"/api/v1/plugins/{pid}/channels", {
         "channel_id": "c", "channel_name": "C", "direction": "sideways", "unit": "mV"})
     assert bad_dir.code == 422 and bad_dir.json["detail"].startswith("direction")

@@ -119,6 +119,11 @@ class Settings:
     # OIDC_JWKS_REFRESH_COOLDOWN: minimum seconds between key set refreshes caused
     # by an unknown key id (a rotated key); bounds what forged tokens can trigger.
     oidc_jwks_refresh_cooldown: float = 30.0
+    # WEBMACS_PLUGIN_PACKAGES_DIR: where uploaded plugin wheels are kept (created
+    # when missing); controllers download and install them from here.
+    plugin_packages_dir: str = "./plugin-packages"
+    # WEBMACS_PLUGIN_MAX_UPLOAD_MB: largest plugin wheel accepted (1..1024 MB, default 50).
+    plugin_max_upload_mb: int = 50
 
     @property
     def is_sqlite(self) -> bool:
@@ -156,6 +161,8 @@ class Settings:
             env, "WEBMACS_SENSOR_READING_THROTTLE", s.sensor_reading_throttle, 0.0, 3600
         )
         _read_oidc(env, s)
+        s.plugin_packages_dir = (env.get("WEBMACS_PLUGIN_PACKAGES_DIR") or "").strip() or s.plugin_packages_dir
+        s.plugin_max_upload_mb = _int(env, "WEBMACS_PLUGIN_MAX_UPLOAD_MB", s.plugin_max_upload_mb, 1, 1024)
         key = env.get("WEBMACS_SECRET_KEY") or ""
         if s.env == "production":
             if len(key.encode()) < 32:

@@ -216,6 +216,24 @@ class ChannelMapping(Base):
     event_id: Mapped[int | None] = mapped_column(ForeignKey("events.id", ondelete="SET NULL"), nullable=True)
     created_on: Mapped[datetime] = _created()
 
+    __table_args__ = (Index("ux_channel_mappings_instance_channel", "instance_id", "channel_id", unique=True),)
+
+
+class PluginPackage(Base):
+    """An uploaded plugin wheel, kept in WEBMACS_PLUGIN_PACKAGES_DIR for controllers to install."""
+
+    __tablename__ = "plugin_packages"
+    id: Mapped[int] = _pk()
+    public_id: Mapped[str] = _public_id()
+    package_name: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)  # normalised name
+    version: Mapped[str] = mapped_column(String(64), nullable=False)
+    plugin_ids: Mapped[str] = mapped_column(Text, nullable=False, default="[]")  # JSON list
+    file_name: Mapped[str] = mapped_column(String(255), nullable=False)
+    file_size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    user_id: Mapped[int | None] = _owner()
+    installed_on: Mapped[datetime] = _created()
+
 
 class LogEntry(Base):
     __tablename__ = "log_entries"

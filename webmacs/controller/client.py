@@ -320,6 +320,28 @@ class TelemetryClient:
             raise ApiRequestError(resp.code, _detail(resp.body) or str(resp.error or ""))
         raise AssertionError("unreachable")
 
+    async def download(self, path: str, sink: Callable[[bytes], Any], timeout: float = 300.0) -> None:
+        """GET ``path`` with this client's credentials, handing the body to ``sink``
+        chunk by chunk (never held whole in memory)."""
+        for attempt in (1, 2):
+            token = await self._get_token()
+            chunks: list[int] = [0]
+
+            def on_chunk(data: bytes) -> None:
+                chunks[0] += 1
+                sink(data)
+
+            req = HTTPRequest(self.base_url + path, headers={"Authorization": f"Bearer {token}"},
+                              connect_timeout=self.connect_timeout, request_timeout=timeout,
+                              streaming_callback=on_chunk)
+            resp = await self._http.fetch(req, raise_error=False)
+            if resp.code == 401 and self._static_token is None and attempt == 1 and not chunks[0]:
+                self._token = None
+                continue
+            if not 200 <= resp.code < 300:
+                raise ApiRequestError(resp.code, str(resp.error or resp.reason or ""))
+            return
+
     async def _fetch(self, method: str, path: str, body: Any, token: str | None, timeout: float):
         headers = {"Content-Type": "application/json"}
         if token:

@@ -22,6 +22,8 @@ Environment (a bad value: one error line naming the variable, exit code 2):
 - ``WEBMACS_SPOOL_MAX_MB``      spool size bound; beyond it the oldest readings are dropped (default 100)
 - ``WEBMACS_SYNC_INTERVAL``     seconds between plugin/mapping re-syncs (1-3600, default 10)
 - ``WEBMACS_FLUSH_TIMEOUT``     seconds SIGTERM/SIGINT waits for acks before exiting (0-300, default 5)
+- ``WEBMACS_PLUGIN_DIR``        where uploaded plugin packages are installed at start
+                                (default ``./webmacs-plugins``; see webmacs/controller/packages.py)
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from typing import Any, Mapping
 
 from webmacs.config import ConfigError, _float, _int
 from webmacs.controller.client import MAX_BATCH, MODES, TelemetryClient
+from webmacs.controller.packages import sync_packages
 from webmacs.controller.spool import SpoolError
 
 log = logging.getLogger("webmacs.controller")
@@ -61,6 +64,7 @@ class ControllerConfig:
     spool_max_mb: float = 100.0
     sync_interval: float = 10.0
     flush_timeout: float = 5.0
+    plugin_dir: str = "./webmacs-plugins"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "ControllerConfig":
@@ -101,6 +105,7 @@ class ControllerConfig:
             spool_max_mb=_float(env, "WEBMACS_SPOOL_MAX_MB", 100.0, 1, 1024 * 1024),
             sync_interval=_float(env, "WEBMACS_SYNC_INTERVAL", 10.0, 1, 3600),
             flush_timeout=_float(env, "WEBMACS_FLUSH_TIMEOUT", 5.0, 0, 300),
+            plugin_dir=(env.get("WEBMACS_PLUGIN_DIR") or "").strip() or "./webmacs-plugins",
         )
 
 
@@ -292,14 +297,19 @@ async def run(config: ControllerConfig) -> int:
     except SpoolError as exc:
         print(f"webmacs controller: error: WEBMACS_SPOOL_PATH: {exc}", file=sys.stderr)
         return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)  # a stop during the package install waits for it, then exits
+    try:
+        await sync_packages(client, config.plugin_dir)
+    except OSError as exc:
+        log.error("WEBMACS_PLUGIN_DIR %s unusable, uploaded plugin packages not installed: %s",
+                  config.plugin_dir, exc)
     controller = Controller(client, config)
     controller.load_cached()
     log.info("controller started: server %s (%s), poll every %.2fs, spool %s",
              config.server_url, config.mode, config.poll_interval, config.spool_path)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     tasks = [asyncio.create_task(controller.sync_loop()), asyncio.create_task(controller.poll_loop()),
              asyncio.create_task(controller.stats_loop())]
     try:

@@ -15,6 +15,7 @@ MODULES = (
     "webmacs.handlers.dashboard",
     "webmacs.handlers.datapoints",
     "webmacs.handlers.export",
+    "webmacs.handlers.packages",  # /plugins/packages before /plugins/{id}
     "webmacs.handlers.resources",
     "webmacs.handlers.integrations",
     "webmacs.handlers.ws",

@@ -25,6 +25,7 @@ from webmacs.models import (
     PluginInstance,
     utcnow,
 )
+from webmacs.handlers.packages import uploaded_plugins
 from webmacs.plugins import available
 from webmacs.storage import datapoints
 from webmacs.timefmt import api as iso
@@ -272,7 +273,9 @@ INSTANCE_SPEC = {
     "demo_mode": Bool(default=False),
     "enabled": Bool(default=True),
     "config_json": Obj(nullable=True),
-    "auto_create_events": Bool(default=False),
+    # true (default): every channel gets a new event (inputs "sensor", outputs
+    # "actuator", with the channel's unit and range); false: mappings unlinked.
+    "auto_create_events": Bool(default=True),
 }
 
 MAPPING_SPEC = {
@@ -304,7 +307,20 @@ def _unique_event_name(session, base: str) -> str:
 class PluginsAvailableHandler(BaseHandler):
     @authenticated()
     async def get(self) -> None:
-        self.send([cls.meta() for cls in available().values()])
+        plugins = [{**cls.meta(), "channels": [ch.as_dict() for ch in cls.channels()],
+                    "dynamic_channels": cls.dynamic_channels} for cls in available().values()]
+        known = {p["id"] for p in plugins}
+        plugins += [p for p in await self.db.session(uploaded_plugins) if p["id"] not in known]
+        self.send(plugins)
+
+
+def _plugin_class(session, plugin_id: str, strict: bool = True):
+    """The plugin class; None for a plugin of an uploaded package (its code runs on
+    controllers only, so its channels are not known here); 422 for an unknown id."""
+    plugin = available().get(plugin_id)
+    if plugin is None and strict and plugin_id not in {p["id"] for p in uploaded_plugins(session)}:
+        raise ApiError(422, f"plugin_id: unknown plugin {plugin_id!r}")
+    return plugin
 
 
 class PluginsHandler(_Invalidating):
@@ -321,11 +337,9 @@ class PluginsHandler(_Invalidating):
     @authenticated("operator")
     async def post(self) -> None:
         body = self.validated(INSTANCE_SPEC)
-        plugin = available().get(body["plugin_id"])
-        if plugin is None:
-            raise ApiError(422, f"plugin_id: unknown plugin {body['plugin_id']!r}")
 
         def create(session):
+            plugin = _plugin_class(session, body["plugin_id"])
             inst = PluginInstance(
                 plugin_id=body["plugin_id"], instance_name=body["instance_name"], demo_mode=body["demo_mode"],
                 enabled=body["enabled"], status=_status(body["enabled"], body["demo_mode"]),
@@ -334,11 +348,12 @@ class PluginsHandler(_Invalidating):
             )
             session.add(inst)
             session.flush()
-            for ch in plugin.channels():
+            for ch in plugin.channels() if plugin is not None else []:
                 event_id = None
-                if body["auto_create_events"] and ch.direction in ("input", "bidirectional"):
+                if body["auto_create_events"]:
                     event = Event(name=_unique_event_name(session, f"{inst.instance_name} {ch.channel_name}"),
-                                  type="sensor", unit=ch.unit, user_id=self.principal.user_id)
+                                  type="actuator" if ch.direction == "output" else "sensor", unit=ch.unit,
+                                  min_value=ch.min_value, max_value=ch.max_value, user_id=self.principal.user_id)
                     session.add(event)
                     session.flush()
                     event_id = event.id
@@ -401,11 +416,21 @@ class ChannelsHandler(_Invalidating):
 
         def create(session):
             inst = get_or_404(session, PluginInstance, public_id, "Plugin instance")
+            plugin = _plugin_class(session, inst.plugin_id, strict=False)
+            if plugin is not None and not plugin.has_channel(body["channel_id"]):
+                raise ApiError(422, f"channel_id: plugin {inst.plugin_id!r} has no channel {body['channel_id']!r}")
+            taken = f"channel_id: channel {body['channel_id']!r} is already mapped on this instance"
+            if session.execute(select(ChannelMapping.id).where(ChannelMapping.instance_id == inst.id,
+                                                                ChannelMapping.channel_id == body["channel_id"])).first():
+                raise ApiError(409, taken)
             m = ChannelMapping(instance_id=inst.id, channel_id=body["channel_id"],
                                channel_name=body["channel_name"], direction=body["direction"], unit=body["unit"],
                                event_id=_event_id(session, body.get("event_public_id")))
             session.add(m)
-            session.flush()
+            try:
+                session.flush()
+            except IntegrityError:  # a concurrent request mapped it first
+                raise ApiError(409, taken) from None
             return mapping_dict(m, body.get("event_public_id"))
 
         self.success("Channel mapping successfully created.", 201, await self.commit(create))

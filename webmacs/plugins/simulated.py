@@ -1,4 +1,9 @@
-"""The bundled demo device: a drifting temperature, a noisy pressure and a toggling valve."""
+"""The bundled demo device: a small reactor rig with the channel ids WebMACS installations use.
+
+Inputs drift (a random walk around a slow sine) with measurement noise, always
+inside their range; the two outputs hold the last value written to them.
+``config_json`` may set ``seed`` (a reproducible run).
+"""
 
 from __future__ import annotations
 
@@ -7,47 +12,63 @@ import random
 import time
 from typing import Any
 
-from webmacs.plugins.base import Channel, Plugin
+from webmacs.plugins.base import Channel, Plugin, clamp
+
+# channel, name, unit, range, (base, sine amplitude, walk step, noise, period in s)
+_INPUTS = (
+    ("temp_reactor", "Reactor Temperature", "°C", 20.0, 500.0, (180.0, 25.0, 0.4, 0.8, 600.0)),
+    ("temp_inlet", "Inlet Temperature", "°C", 15.0, 200.0, (60.0, 8.0, 0.15, 0.3, 480.0)),
+    ("temp_outlet", "Outlet Temperature", "°C", 15.0, 300.0, (120.0, 15.0, 0.25, 0.5, 540.0)),
+    ("pressure_chamber", "Chamber Pressure", "bar", 0.0, 6.0, (1.2, 0.3, 0.005, 0.02, 300.0)),
+    ("pressure_diff", "Differential Pressure", "mbar", 0.0, 100.0, (25.0, 6.0, 0.2, 0.8, 240.0)),
+    ("volume_flow", "Volume Flow", "m³/h", 0.0, 40.0, (12.0, 3.0, 0.05, 0.3, 360.0)),
+    ("humidity", "Humidity", "%", 0.0, 100.0, (45.0, 8.0, 0.1, 0.6, 900.0)),
+)
+_OUTPUTS = (
+    ("heater_power", "Heater Power", "%", 0.0, 100.0),
+    ("valve_position", "Valve Position", "%", 0.0, 100.0),
+)
 
 
 class SimulatedDriver:
     def __init__(self, config: dict[str, Any] | None = None, seed: int | None = None) -> None:
         config = config or {}
-        self.rng = random.Random(seed)
+        self.rng = random.Random(config.get("seed", seed))
         self.t0 = time.monotonic()
-        self.temperature = float(config.get("base_temperature", 21.0))
-        self.valve = 0.0
-        self.valve_period = float(config.get("valve_period_s", 30.0))
-        self._next_toggle = self.t0 + self.valve_period
+        self.walk = {cid: 0.0 for cid, *_ in _INPUTS}
+        self.outputs = {cid: lo for cid, _n, _u, lo, _hi in _OUTPUTS}
 
     def read(self) -> dict[str, float]:
-        now = time.monotonic()
-        # temperature: slow random walk around a daily-like sine
-        self.temperature += self.rng.gauss(0.0, 0.02)
-        drift = 2.0 * math.sin((now - self.t0) / 600.0)
-        temperature = round(self.temperature + drift, 3)
-        # pressure: around 1013.25 hPa with measurement noise
-        pressure = round(1013.25 + self.rng.gauss(0.0, 0.8), 2)
-        if now >= self._next_toggle:
-            self.valve = 1.0 - self.valve
-            self._next_toggle = now + self.valve_period
-        return {"temperature": temperature, "pressure": pressure, "valve": self.valve}
+        t = time.monotonic() - self.t0
+        values: dict[str, float] = {}
+        for cid, _name, _unit, lo, hi, (base, amp, step, noise, period) in _INPUTS:
+            # a bounded random walk (pulled back towards 0) on top of a slow sine
+            self.walk[cid] = 0.98 * self.walk[cid] + self.rng.gauss(0.0, step)
+            raw = base + amp * math.sin(2 * math.pi * t / period) + self.walk[cid] + self.rng.gauss(0.0, noise)
+            values[cid] = round(clamp(raw, lo, hi), 3)
+        values.update(self.outputs)
+        return values
+
+    def write(self, channel_id: str, value: float) -> None:
+        for cid, _name, _unit, lo, hi in _OUTPUTS:
+            if cid == channel_id:
+                self.outputs[cid] = clamp(float(value), lo, hi)
+                return
+        raise KeyError(f"{channel_id!r} is not an output channel")
 
 
 class SimulatedPlugin(Plugin):
     id = "simulated"
     name = "Simulated Device"
-    version = "0.1.0"
+    version = "0.2.0"
     vendor = "WebMACS"
-    description = "Virtual sensors for demos and tests: drifting temperature, noisy pressure, toggling valve."
+    description = ("Virtual sensors and actuators for demos and tests: reactor, inlet and outlet temperatures, "
+                   "pressures, flow and humidity that drift with noise; heater and valve outputs.")
 
     @classmethod
     def channels(cls) -> list[Channel]:
-        return [
-            Channel("temperature", "Temperature", "input", "°C"),
-            Channel("pressure", "Pressure", "input", "hPa"),
-            Channel("valve", "Valve", "input", "state"),
-        ]
+        return [Channel(cid, name, "input", unit, lo, hi) for cid, name, unit, lo, hi, _ in _INPUTS] + \
+               [Channel(cid, name, "output", unit, lo, hi) for cid, name, unit, lo, hi in _OUTPUTS]
 
     @classmethod
     def create_driver(cls, config: dict[str, Any] | None, demo_mode: bool) -> SimulatedDriver:
