@@ -275,3 +275,22 @@ async def test_many_sockets_resending_the_same_batch_store_it_once(server, obser
     assert all(a["accepted"] == 300 for a in acks)
     assert sum(1 for a in acks if not a.get("duplicate")) == 1
     assert count(observer) == 300
+
+
+async def test_batch_ids_are_per_sender(server, observer):
+    """Two controllers that both number their batches from "1" are both stored; the
+    same sender resending "1" is a duplicate. A REST batch_id is the same sender's."""
+    (event,) = await server.linked_events(1)
+    tokens = [(await server.request("POST", "/api/v1/tokens", {"name": f"rig {i}"})).json["token"] for i in (1, 2)]
+    first, second = [await server.ws(TELEMETRY, token=t) for t in tokens]
+    await first.send({"batch_id": "1", "datapoints": points(event, [1.0])})
+    assert (await first.recv_type("ack")).get("duplicate") is None
+    await second.send({"batch_id": "1", "datapoints": points(event, [2.0])})
+    ack = await second.recv_type("ack")
+    assert ack["accepted"] == 1 and "duplicate" not in ack
+    await second.send({"batch_id": "1", "datapoints": points(event, [2.0])})
+    assert (await second.recv_type("ack"))["duplicate"] is True
+    rest = await server.request("POST", "/api/v1/datapoints/batch", {"batch_id": "1", "datapoints": points(event, [3.0])},
+                                token=tokens[0])
+    assert rest.code == 201 and rest.json["duplicate"] is True
+    assert count(observer) == 2

@@ -22,7 +22,7 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import websocket_connect
 
 from tests.conftest import WS, wait_for
-from tests.procs import REPO, clean_env, free_port, get_json, stop
+from tests.procs import REPO, clean_env, free_port, stop
 
 DOCS = REPO / "docs"
 FENCE = re.compile(r"^```([^\n]*)\n(.*?)^```", re.S | re.M)

@@ -44,6 +44,11 @@ class Principal:
     api_token_id: int | None = None  # set for an API token
     expires_at: datetime | None = None
 
+    @property
+    def sender(self) -> str:
+        """Whose telemetry batch ids these are: an API token's own, or its user's."""
+        return f"token:{self.api_token_id}" if self.api_token_id is not None else f"user:{self.user_id}"
+
     def has_role(self, role: str) -> bool:
         return ROLE_LEVEL.get(self.role, 0) >= ROLE_LEVEL[role]
 

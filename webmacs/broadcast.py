@@ -43,7 +43,7 @@ CONTROLLER = "controller"
 class Connection:
     """What the manager knows of one socket; the handler owns one of these."""
 
-    __slots__ = ("handler", "group", "user_id", "jti", "api_token_id", "expires_at",
+    __slots__ = ("handler", "group", "user_id", "jti", "api_token_id", "sender", "expires_at",
                  "pending_bytes", "behind_since", "missed", "closed")
 
     def __init__(self, handler: WebSocketHandler, group: str, principal) -> None:
@@ -51,6 +51,7 @@ class Connection:
         self.group = group
         self.user_id = principal.user_id
         self.jti = principal.jti
+        self.sender = principal.sender  # telemetry batch ids are this principal's
         self.api_token_id = principal.api_token_id
         self.expires_at = principal.expires_at
         self.pending_bytes = 0

@@ -143,9 +143,11 @@ class IngestPipeline:
         it must only queue work."""
         self.listeners.append(listener)
 
-    async def ingest(self, raw_points: Any, batch_id: str | None = None, want_ids: bool = False,
+    async def ingest(self, raw_points: Any, batch_id: str | None = None, sender: str = "", want_ids: bool = False,
                      strict: bool = False) -> BatchResult:
-        """Store a batch. ``strict`` (REST): the first invalid datapoint refuses the whole batch."""
+        """Store a batch. ``batch_id``s are de-duplicated per ``sender``
+        (:attr:`webmacs.accounts.Principal.sender`). ``strict`` (REST): the first invalid
+        datapoint refuses the whole batch."""
         # 1. validate
         if not isinstance(raw_points, list):
             raise IngestError("'datapoints' must be an array")
@@ -193,8 +195,8 @@ class IngestPipeline:
         # 3. persist: one transaction, one bulk write
         try:
             duplicate, accepted, rejected_stored, ids = await self.db.run(
-                self.writer.write, rows, experiment[0] if experiment else None, batch_id, len(rows), rejected,
-                want_ids)
+                self.writer.write, rows, experiment[0] if experiment else None, batch_id, sender, len(rows),
+                rejected, want_ids)
         except DATABASE_ERRORS as exc:
             log.error("batch not stored: %s", exc)
             raise IngestError(DATABASE_DOWN, retry=True) from None

@@ -302,6 +302,8 @@ class IngestBatch(Base):
     ``webmacs.services.BATCH_ID_RETENTION``)."""
 
     __tablename__ = "ingest_batches"
+    # who sent it: "token:<api token id>" or "user:<user id>" (batch ids are per sender)
+    sender: Mapped[str] = mapped_column(String(48), primary_key=True)
     batch_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     accepted: Mapped[int] = mapped_column(Integer, nullable=False)
     rejected: Mapped[int] = mapped_column(Integer, nullable=False)

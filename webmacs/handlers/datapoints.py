@@ -55,7 +55,8 @@ class DatapointsBatchHandler(BaseHandler):
         body = self.validated(BATCH_SPEC)
         batch_id = body.get("batch_id")
         try:
-            result = await self.pipeline.ingest(body["datapoints"], batch_id=batch_id, strict=True)
+            result = await self.pipeline.ingest(body["datapoints"], batch_id=batch_id, sender=self.principal.sender,
+                                                strict=True)
         except IngestError as exc:
             raise ApiError(exc.status, exc.message) from None
         self.send({

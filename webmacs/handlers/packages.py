@@ -27,8 +27,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from tornado.web import stream_request_body
 
-from webmacs.handlers.base import ApiError, BaseHandler, authenticated, get_or_404, iso
+from webmacs.handlers.base import ApiError, BaseHandler, authenticated, get_or_404
 from webmacs.models import PluginPackage
+from webmacs.timefmt import api as iso
 from webmacs.uploads import MultipartError, MultipartFile, boundary_of
 
 _MULTIPART_SLACK = 64 * 1024  # headers and boundaries around the file

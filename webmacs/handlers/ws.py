@@ -189,7 +189,7 @@ class TelemetryHandler(_Socket):
         while self._queue:
             points, batch_id, size = self._queue[0]
             try:
-                result = await services.pipeline.ingest(points, batch_id=batch_id)
+                result = await services.pipeline.ingest(points, batch_id=batch_id, sender=self.conn.sender)
             except IngestError as exc:
                 self.reject(exc.message, batch_id, exc.retry, exc.errors)
             else:

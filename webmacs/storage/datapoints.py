@@ -51,21 +51,21 @@ class Writer:
         self.db = db  # webmacs.db.Database: its engine, read per write
         self._seq_name: str | None = None
 
-    def write(self, rows: list[Row], experiment_id: int | None, batch_id: str | None,
+    def write(self, rows: list[Row], experiment_id: int | None, batch_id: str | None, sender: str,
               accepted: int, rejected: int, want_ids: bool) -> tuple[bool, int, int, list[str]]:
-        """Returns ``(duplicate, accepted, rejected, ids)``; a duplicate ``batch_id``
-        writes nothing and answers the counts stored the first time."""
+        """Returns ``(duplicate, accepted, rejected, ids)``; a ``batch_id`` this
+        ``sender`` used before writes nothing and answers the counts stored the first time."""
         with self.db.engine.begin() as conn:
             if batch_id is not None:
                 now = datetime.now(timezone.utc)
                 inserted = conn.execute(text(
-                    "INSERT INTO ingest_batches (batch_id, accepted, rejected, created_on) "
-                    "VALUES (:b, :a, :r, :c) ON CONFLICT (batch_id) DO NOTHING"
-                ), {"b": batch_id, "a": accepted, "r": rejected,
+                    "INSERT INTO ingest_batches (sender, batch_id, accepted, rejected, created_on) "
+                    "VALUES (:s, :b, :a, :r, :c) ON CONFLICT (sender, batch_id) DO NOTHING"
+                ), {"s": sender, "b": batch_id, "a": accepted, "r": rejected,
                     "c": timefmt.sqlite_text(now) if conn.dialect.name == "sqlite" else now})
                 if inserted.rowcount == 0:
-                    prev = conn.execute(text("SELECT accepted, rejected FROM ingest_batches WHERE batch_id = :b"),
-                                        {"b": batch_id}).first()
+                    prev = conn.execute(text("SELECT accepted, rejected FROM ingest_batches "
+                                             "WHERE sender = :s AND batch_id = :b"), {"s": sender, "b": batch_id}).first()
                     return True, prev.accepted, prev.rejected, []
             if conn.dialect.name == "postgresql":
                 ids = self._copy_postgresql(conn, rows, experiment_id, want_ids)
