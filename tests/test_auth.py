@@ -193,3 +193,12 @@ async def test_health_is_public(server):
 async def test_unknown_api_path_is_json_404(server):
     resp = await server.request("GET", "/api/v1/nothing-here")
     assert resp.code == 404 and resp.json == {"detail": "Not Found"}
+
+
+async def test_logout_with_an_api_token_says_how_to_end_it(server):
+    """Logging out cannot end an API token: the answer says so, and the token still works
+    (an honest refusal, not a 'Successfully logged out.' that changes nothing)."""
+    token = (await server.request("POST", "/api/v1/tokens", {"name": "rig"})).json["token"]
+    out = await server.request("POST", "/api/v1/auth/logout", token=token)
+    assert out.code == 400 and "DELETE /api/v1/tokens/" in out.json["detail"]
+    assert (await server.request("GET", "/api/v1/auth/me", token=token)).code == 200

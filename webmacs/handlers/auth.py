@@ -80,9 +80,11 @@ class LogoutHandler(BaseHandler):
     @authenticated()
     async def post(self) -> None:
         p = self.principal
-        if p.jti is not None:
-            await self.db.session(revoke, p.jti, p.expires_at)
-            self.hub.disconnect(lambda c: c.jti == p.jti, TOKEN_REVOKED)
+        if p.jti is None:  # an API token: logging out would not end it, so say how to
+            raise ApiError(400, "API tokens are not ended by logging out: delete the token with "
+                                "DELETE /api/v1/tokens/{public_id}.")
+        await self.db.session(revoke, p.jti, p.expires_at)
+        self.hub.disconnect(lambda c: c.jti == p.jti, TOKEN_REVOKED)
         self.success("Successfully logged out.")
 
 
