@@ -202,3 +202,33 @@ async def test_logout_with_an_api_token_says_how_to_end_it(server):
     out = await server.request("POST", "/api/v1/auth/logout", token=token)
     assert out.code == 400 and "DELETE /api/v1/tokens/" in out.json["detail"]
     assert (await server.request("GET", "/api/v1/auth/me", token=token)).code == 200
+
+
+async def _user_id(server, email: str) -> str:
+    users = (await server.request("GET", "/api/v1/users?page_size=100")).json["data"]
+    return next(u["public_id"] for u in users if u["email"] == email)
+
+
+@pytest.mark.parametrize("change", [{"role": "viewer"}, {"password": "another-password-9"}])
+async def test_role_or_password_change_ends_sessions(server, change):
+    """The user's login tokens stop working and their open sockets close (1008) at once;
+    a fresh login afterwards works."""
+    token = await server.create_user("operator", name="changed")
+    public_id = await _user_id(server, "changed@example.com")
+    stream = await server.ws("/ws/datapoints/stream", token=token)
+    telemetry = await server.ws("/ws/controller/telemetry", token=token)
+    assert (await server.request("PUT", f"/api/v1/users/{public_id}", change)).code == 200
+    for sock in (stream, telemetry):
+        code, reason = await sock.closed(timeout=1.5)
+        assert (code, reason) == (1008, "Token has been revoked")
+    me = await server.request("GET", "/api/v1/auth/me", token=token)
+    assert me.code == 401 and me.json["detail"] == "Token has been revoked"
+    fresh = await server.login("changed@example.com", change.get("password", "password-123"))
+    assert (await server.request("GET", "/api/v1/auth/me", token=fresh)).code == 200
+
+
+async def test_unchanged_role_keeps_sessions(server):
+    token = await server.create_user("operator", name="same")
+    public_id = await _user_id(server, "same@example.com")
+    assert (await server.request("PUT", f"/api/v1/users/{public_id}", {"role": "operator"})).code == 200
+    assert (await server.request("GET", "/api/v1/auth/me", token=token)).code == 200

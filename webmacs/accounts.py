@@ -85,7 +85,15 @@ def authenticate(session: Session, secret: str, token: str | None) -> Principal:
     user = session.execute(select(User).where(User.public_id == claims.user_public_id)).scalar_one_or_none()
     if user is None:
         raise AuthError(USER_NOT_FOUND)
+    if user.sessions_valid_after is not None and claims.issued_at < user.sessions_valid_after.timestamp():
+        raise AuthError(TOKEN_REVOKED)  # issued before a password or role change ended the user's sessions
     return _principal(user, jti=claims.jti, expires_at=claims.expires_at)
+
+
+def end_sessions(user: User) -> None:
+    """Every login token of ``user`` issued until now stops working (password or role
+    changed). The caller closes the user's open sockets after the commit."""
+    user.sessions_valid_after = utcnow()
 
 
 def revoke(session: Session, jti: str, expires_at: datetime) -> None:

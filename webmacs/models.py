@@ -123,6 +123,9 @@ class User(Base):
     # The SSO identity linked to this user: the IdP's issuer and its ``sub``.
     sso_provider: Mapped[str | None] = mapped_column(String(255), nullable=True)
     sso_subject_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # Login tokens issued before this time are refused: set when the password or the
+    # role changes (webmacs.accounts.end_sessions).
+    sessions_valid_after: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     __table_args__ = (UniqueConstraint("sso_provider", "sso_subject_id", name="uq_users_sso_identity"),)
 
 

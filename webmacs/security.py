@@ -44,6 +44,7 @@ class TokenClaims:
     user_public_id: str
     jti: str
     expires_at: datetime
+    issued_at: float = 0.0  # epoch seconds with microseconds; 0 for tokens without iat
 
 
 class TokenError(Exception):
@@ -54,12 +55,13 @@ def create_jwt(secret: str, user_public_id: str, ttl_minutes: int) -> tuple[str,
     now = datetime.now(timezone.utc)
     exp = now + timedelta(minutes=ttl_minutes)
     jti = uuid.uuid4().hex
+    issued = now.timestamp()  # a float: sessions ended at a time end the tokens issued before it, to the µs
     token = jwt.encode(
-        {"sub": user_public_id, "iat": now, "exp": exp, "jti": jti},
+        {"sub": user_public_id, "iat": issued, "exp": exp, "jti": jti},
         secret,
         algorithm=ALGORITHM,
     )
-    return token, TokenClaims(user_public_id, jti, exp)
+    return token, TokenClaims(user_public_id, jti, exp, issued)
 
 
 def decode_jwt(secret: str, token: str) -> TokenClaims:
@@ -74,7 +76,9 @@ def decode_jwt(secret: str, token: str) -> TokenClaims:
         raise TokenError(str(exc)) from None
     if not isinstance(payload.get("sub"), str) or not isinstance(payload.get("jti"), str):
         raise TokenError("malformed claims")
-    return TokenClaims(payload["sub"], payload["jti"], datetime.fromtimestamp(payload["exp"], timezone.utc))
+    iat = payload.get("iat", 0.0)
+    return TokenClaims(payload["sub"], payload["jti"], datetime.fromtimestamp(payload["exp"], timezone.utc),
+                       float(iat) if isinstance(iat, (int, float)) and not isinstance(iat, bool) else 0.0)
 
 
 def new_api_token() -> tuple[str, str]:

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from webmacs import __version__
-from webmacs.accounts import TOKEN_REVOKED, USER_NOT_FOUND, revoke
+from webmacs.accounts import TOKEN_REVOKED, USER_NOT_FOUND, end_sessions, revoke
 from webmacs.handlers.base import ApiError, BaseHandler, authenticated, get_or_404, paginate
 from webmacs.models import ROLES, ApiToken, User, utcnow
 from webmacs.security import create_jwt, hash_password, new_api_token, verify_password
@@ -144,19 +144,27 @@ class UserHandler(BaseHandler):
                 if key in body:
                     setattr(user, key, body[key])
             role = _role_from(body)
-            if role is not None:
+            role_changed = role is not None and role != user.role
+            if role_changed:
                 if user.id == self.principal.user_id and role != "admin":
                     raise ApiError(400, "You cannot remove your own admin role.")
                 user.role = role
             if password_hash:
                 user.password_hash = password_hash
+            if role_changed or password_hash:
+                end_sessions(user)
             try:
                 session.flush()
             except IntegrityError:
                 raise ApiError(409, "A user with this email or username already exists.") from None
-            return user_dict(user)
+            return user_dict(user), user.id, role_changed
 
-        self.success("User successfully updated.", resource=await self.db.session(update))
+        resource, user_id, role_changed = await self.db.session(update)
+        if role_changed:  # every socket of the user holds the old role, API-token ones too
+            self.hub.disconnect(lambda c: c.user_id == user_id, TOKEN_REVOKED)
+        elif password_hash:  # the login tokens are ended; API tokens stay valid
+            self.hub.disconnect(lambda c: c.user_id == user_id and c.jti is not None, TOKEN_REVOKED)
+        self.success("User successfully updated.", resource=resource)
 
     @authenticated("admin")
     async def delete(self, public_id: str) -> None:
