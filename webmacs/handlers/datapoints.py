@@ -81,6 +81,8 @@ class DatapointsHandler(BaseHandler):
                 raise ApiError(503, exc.message) from None
             if not await self.db.session(_event_exists, body["event_public_id"]):
                 raise ApiError(404, "Event not found.") from None
+            if exc.errors and exc.errors[0].startswith("event "):  # exists, but no enabled plugin feeds it
+                raise ApiError(409, "Event is not linked to an enabled plugin instance.") from None
             raise ApiError(422, exc.errors[0] if exc.errors else exc.message) from None
         public_id = result.ids[0]
         self.success("Datapoint successfully created.", 201, {

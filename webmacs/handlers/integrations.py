@@ -126,7 +126,7 @@ class WebhooksHandler(_WebhookWrite):
             _flush_unique_url(session)
             return webhook_dict(hook, self.principal.public_id)
 
-        self.send(await self.commit(create), 201)
+        self.success("Webhook successfully created.", 201, await self.commit(create))
 
 
 class WebhookHandler(_WebhookWrite):
@@ -148,7 +148,7 @@ class WebhookHandler(_WebhookWrite):
             _flush_unique_url(session)
             return webhook_dict(hook, _owner_id(session, hook.user_id))
 
-        self.send(await self.commit(change))
+        self.success("Webhook successfully updated.", resource=await self.commit(change))
 
     @authenticated("admin")
     async def delete(self, public_id: str) -> None:
@@ -290,7 +290,7 @@ class RulesHandler(_RuleWrite):
             session.flush()
             return _load_rule(session, rule.public_id)
 
-        self.send(await self.commit(create), 201)
+        self.success("Rule successfully created.", 201, await self.commit(create))
 
 
 class RuleHandler(_RuleWrite):
@@ -307,7 +307,7 @@ class RuleHandler(_RuleWrite):
             session.flush()
             return _load_rule(session, public_id)
 
-        self.send(await self.commit(change))
+        self.success("Rule successfully updated.", resource=await self.commit(change))
 
     @authenticated("admin")
     async def delete(self, public_id: str) -> None:
@@ -365,7 +365,7 @@ class LogsHandler(BaseHandler):
             session.flush()
             return log_dict(entry, self.principal.public_id)
 
-        self.send(await self.db.session(create), 201)
+        self.success("Log entry successfully created.", 201, await self.db.session(create))
 
 
 class LogHandler(BaseHandler):
@@ -388,7 +388,7 @@ class LogHandler(BaseHandler):
             session.flush()
             return log_dict(entry, _owner_id(session, entry.user_id))
 
-        self.send(await self.db.session(change))
+        self.success("Log entry successfully updated.", resource=await self.db.session(change))
 
 
 default_handlers = [
