@@ -86,6 +86,13 @@ class Settings:
     webhook_retry_base: float = 2.0
     # WEBMACS_SENSOR_READING_THROTTLE: seconds between sensor.reading webhooks per event.
     sensor_reading_throttle: float = 5.0
+    # WEBMACS_OTA_STORAGE_DIR: where uploaded OTA firmware files are kept (one file
+    # per update record). Default: an ``ota`` folder next to the SQLite file, or
+    # ``./webmacs-data/ota`` for PostgreSQL. Created on first upload.
+    ota_storage_dir: str = ""
+    # WEBMACS_OTA_MAX_FILE_MB: largest firmware file an upload may send (1..102400 MB);
+    # bigger uploads are refused with 413.
+    ota_max_file_mb: int = 512
     extra: dict = field(default_factory=dict)
 
     @property
@@ -123,6 +130,8 @@ class Settings:
         s.sensor_reading_throttle = _float(
             env, "WEBMACS_SENSOR_READING_THROTTLE", s.sensor_reading_throttle, 0.0, 3600
         )
+        s.ota_storage_dir = (env.get("WEBMACS_OTA_STORAGE_DIR") or "").strip() or _data_dir(s.database_url, "ota")
+        s.ota_max_file_mb = _int(env, "WEBMACS_OTA_MAX_FILE_MB", s.ota_max_file_mb, 1, 102400)
         key = env.get("WEBMACS_SECRET_KEY") or ""
         if s.env == "production":
             if len(key.encode()) < 32:
@@ -133,6 +142,13 @@ class Settings:
             key = _persistent_dev_key(s.database_url)
         s.secret_key = key
         return s
+
+
+def _data_dir(database_url: str, name: str) -> str:
+    """A data folder next to the SQLite file, else ``./webmacs-data/<name>``."""
+    if database_url.startswith("sqlite:///") and database_url != "sqlite:///:memory:":
+        return str(Path(database_url[len("sqlite:///"):]).expanduser().resolve().parent / name)
+    return str(Path("webmacs-data", name).resolve())
 
 
 def _persistent_dev_key(database_url: str) -> str:
