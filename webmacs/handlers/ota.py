@@ -33,7 +33,8 @@ from tornado.web import stream_request_body
 
 import webmacs
 from webmacs.accounts import AuthError, authenticate
-from webmacs.handlers.base import ROLE_MESSAGES, ApiError, BaseHandler, authenticated, get_or_404, iso, paginate
+from webmacs.handlers.base import (ROLE_MESSAGES, ApiError, BaseHandler, authenticated, dumps, get_or_404, iso,
+                                   paginate)
 from webmacs.models import UPDATE_STATUSES, FirmwareUpdate, User, utcnow
 from webmacs.semver import is_semver, semver_key
 from webmacs.validation import Field, Str, ValidationError
@@ -318,7 +319,6 @@ class FirmwareHandler(_OtaBase):
     _file = None
     _tmp: Path | None = None
     _multipart: MultipartFile | None = None
-    _too_large = False
 
     async def prepare(self) -> None:
         if self.request.method != "POST":
@@ -334,7 +334,7 @@ class FirmwareHandler(_OtaBase):
         limit = self.max_bytes + MULTIPART_SLACK
         length = self.request.headers.get("Content-Length")
         if length is not None and (not length.isdigit() or int(length) > limit):
-            raise ApiError(413, f"Firmware file exceeds the {self.config.ota_max_file_mb} MB limit.")
+            raise ApiError(413, self._too_large_detail())
         self.request.connection.set_max_body_size(limit)
         ctype = self.request.headers.get("Content-Type", "application/octet-stream")
         if ctype.lower().startswith("multipart/form-data"):
@@ -377,8 +377,10 @@ class FirmwareHandler(_OtaBase):
                 chunk = b""
         self._size += len(chunk)
         if self._size > self.max_bytes:
-            self._too_large = True
+            # answer now: tornado stops handing us the rest and closes the connection after the reply
             await self._discard()
+            self.set_status(413)
+            self.finish(dumps({"detail": self._too_large_detail()}))
             return
         if chunk:
             await IOLoop.current().run_in_executor(None, self._write, chunk)
@@ -398,10 +400,13 @@ class FirmwareHandler(_OtaBase):
         f.close()
         os.replace(tmp, final)
 
+    def _too_large_detail(self) -> str:
+        return f"Firmware file exceeds the {self.config.ota_max_file_mb} MB limit."
+
     @authenticated("admin")
     async def post(self, public_id: str) -> None:
-        if self._too_large:
-            raise ApiError(413, f"Firmware file exceeds the {self.config.ota_max_file_mb} MB limit.")
+        if self._finished:  # already answered 413 while the body streamed in
+            return
         if self._multipart is not None and not self._multipart.complete:
             await self._discard()
             raise ApiError(422, "file: the multipart body has no complete 'file' field")
