@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 import random
 import sqlite3
 import time
@@ -39,6 +40,7 @@ log = logging.getLogger("webmacs.controller")
 
 MAX_BATCH = 500  # the server's limit per batch
 MODES = ("websocket", "http")
+MAX_DOWNLOAD = 100 * 1024 ** 3  # largest streamed download (OTA firmware), bytes
 
 
 class Backoff:
@@ -204,7 +206,7 @@ class TelemetryClient:
             return
         self._spool = Spool(self.spool_path, self.spool_max_bytes)
         self._wake, self._drained = asyncio.Event(), asyncio.Event()
-        self._http = AsyncHTTPClient(force_instance=True)
+        self._http = AsyncHTTPClient(force_instance=True, max_body_size=MAX_DOWNLOAD)  # firmware streams to disk
         if self._spool.pending:
             log.info("spool %s holds %d unacknowledged readings from an earlier run; resending them",
                      self.spool_path, self._spool.pending)
@@ -318,6 +320,33 @@ class TelemetryClient:
             if 200 <= resp.code < 300:
                 return json.loads(resp.body) if resp.body else None
             raise ApiRequestError(resp.code, _detail(resp.body) or str(resp.error or ""))
+        raise AssertionError("unreachable")
+
+    async def download(self, path: str, dest: str, timeout: float = 3600.0) -> int:
+        """GET ``path`` into the file ``dest``, streamed chunk by chunk; returns its size.
+        Raises :class:`ApiRequestError` on a non-2xx answer (the partial file is removed)."""
+        for attempt in (1, 2):
+            token = await self._get_token()
+            size = 0
+            with open(dest, "wb") as fh:
+                def write(chunk: bytes) -> None:
+                    nonlocal size
+                    size += len(chunk)
+                    fh.write(chunk)
+
+                req = HTTPRequest(self.base_url + path, headers={"Authorization": f"Bearer {token}"},
+                                  connect_timeout=self.connect_timeout, request_timeout=timeout,
+                                  streaming_callback=write)
+                resp = await self._http.fetch(req, raise_error=False)
+            if 200 <= resp.code < 300:
+                return size
+            with open(dest, "rb") as fh:
+                detail = _detail(fh.read(4096))
+            os.unlink(dest)
+            if resp.code == 401 and self._static_token is None and attempt == 1:
+                self._token = None
+                continue
+            raise ApiRequestError(resp.code, detail or str(resp.error or ""))
         raise AssertionError("unreachable")
 
     async def _fetch(self, method: str, path: str, body: Any, token: str | None, timeout: float):
