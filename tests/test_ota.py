@@ -247,3 +247,24 @@ async def test_check(server):
     await server.request("PUT", f"{API}/{newest['public_id']}/status", {"status": "failed"})
     after = (await server.request("GET", f"{API}/check?current_version=1.10.0")).json
     assert after["latest_version"] == "1.10.0" and after["update_available"] is False and after["active_update"] is None
+
+
+async def test_interrupted_upload_leaves_nothing_behind(server):
+    import asyncio
+
+    from tests.conftest import wait_for
+
+    fw = await create(server)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write((f"POST {API}/{fw['public_id']}/firmware HTTP/1.1\r\nHost: x\r\n"
+                      f"Authorization: Bearer {server.admin_token}\r\nContent-Type: application/octet-stream\r\n"
+                      "Content-Length: 500000\r\n\r\n").encode() + b"z" * 200_000)
+        await writer.drain()
+        await wait_for(lambda: os.path.isdir(storage(server)) and os.listdir(storage(server)),
+                       message="the partial upload on disk")
+    finally:
+        writer.close()
+    await wait_for(lambda: os.listdir(storage(server)) == [], message="the partial file removed")
+    rec = (await server.request("GET", f"{API}/{fw['public_id']}")).json
+    assert rec["has_firmware_file"] is False and rec["file_hash_sha256"] is None
