@@ -22,6 +22,8 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import aliased
 
 from webmacs.handlers.base import ApiError, BaseHandler, authenticated, get_or_404, iso, paginate
+from webmacs.handlers.resources import _event_id as event_id_of
+from webmacs.handlers.resources import _owner_id
 from webmacs.models import WIDGET_TYPES, Dashboard, DashboardWidget, Event, User
 from webmacs.validation import Bool, Int, Str, ValidationError
 
@@ -97,17 +99,14 @@ def dashboard_dict(dashboard: Dashboard, owner_public_id: str | None, widgets: l
 
 
 def _full(session, dashboard: Dashboard) -> dict:
-    owner = session.execute(select(User.public_id).where(User.id == dashboard.user_id)).scalar()
-    return dashboard_dict(dashboard, owner, _widgets(session, [dashboard.id])[dashboard.id])
+    return dashboard_dict(dashboard, _owner_id(session, dashboard.user_id), _widgets(session, [dashboard.id])[dashboard.id])
 
 
 def _event_id(session, public_id: str | None) -> int | None:
-    if public_id is None:
-        return None
-    event_id = session.execute(select(Event.id).where(Event.public_id == public_id)).scalar()
-    if event_id is None:
-        raise ApiError(422, "event_public_id: no event with this public_id")
-    return event_id
+    try:
+        return event_id_of(session, public_id)
+    except ApiError:  # a body field naming no event: a validation error here
+        raise ApiError(422, "event_public_id: no event with this public_id") from None
 
 
 class _DashboardBase(BaseHandler):

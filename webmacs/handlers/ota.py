@@ -35,6 +35,7 @@ import webmacs
 from webmacs.accounts import AuthError, authenticate
 from webmacs.handlers.base import (ROLE_MESSAGES, ApiError, BaseHandler, authenticated, dumps, get_or_404, iso,
                                    paginate)
+from webmacs.handlers.resources import _owner_id
 from webmacs.models import UPDATE_STATUSES, FirmwareUpdate, User, utcnow
 from webmacs.semver import is_semver, semver_key
 from webmacs.validation import Field, Str, ValidationError
@@ -86,8 +87,7 @@ def update_dict(fw: FirmwareUpdate, user_public_id: str | None) -> dict:
 
 
 def _dict(session, fw: FirmwareUpdate) -> dict:
-    owner = session.execute(select(User.public_id).where(User.id == fw.user_id)).scalar() if fw.user_id else None
-    return update_dict(fw, owner)
+    return update_dict(fw, _owner_id(session, fw.user_id))
 
 
 def _remove(path: Path) -> None:
