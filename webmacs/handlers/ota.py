@@ -347,16 +347,18 @@ class FirmwareHandler(_OtaBase):
                                 "with the field 'file'.")
         public_id = self.path_args[0]
 
-        def check(session):
-            fw = get_or_404(session, FirmwareUpdate, public_id, "Firmware update")
-            if fw.status != "pending":
-                raise ApiError(409, f"Cannot replace the firmware of an update whose status is '{fw.status}'.")
-
-        await self.db.session(check)
+        await self.db.session(self._pending, public_id)
         self._hash = hashlib.sha256()
         self._size = 0
         self._tmp = self.storage / f".upload-{uuid.uuid4().hex}"
         self._file = await IOLoop.current().run_in_executor(None, self._open, self._tmp)
+
+    @staticmethod
+    def _pending(session, public_id: str) -> FirmwareUpdate:
+        fw = get_or_404(session, FirmwareUpdate, public_id, "Firmware update")
+        if fw.status != "pending":
+            raise ApiError(409, f"Cannot replace the firmware of an update whose status is '{fw.status}'.")
+        return fw
 
     @staticmethod
     def _open(path: Path):
@@ -414,15 +416,18 @@ class FirmwareHandler(_OtaBase):
             await self._discard()
             raise ApiError(422, "file: the firmware file is empty")
         file_name = f"{public_id}.bin"
+        try:  # again: an admin may have applied it while the body streamed in
+            await self.db.session(self._pending, public_id)
+        except ApiError:
+            await self._discard()
+            raise
         f, tmp = self._file, self._tmp
         self._file = self._tmp = None
         await IOLoop.current().run_in_executor(None, self._finish_file, f, tmp, self.storage / file_name)
         digest, size = self._hash.hexdigest(), self._size
 
         def record(session):
-            fw = get_or_404(session, FirmwareUpdate, public_id, "Firmware update")
-            if fw.status != "pending":
-                raise ApiError(409, f"Cannot replace the firmware of an update whose status is '{fw.status}'.")
+            fw = self._pending(session, public_id)
             fw.file_name, fw.file_hash_sha256, fw.file_size_bytes = file_name, digest, size
             session.flush()
             return _dict(session, fw)
