@@ -274,16 +274,16 @@ class TestServer:
         resp = await self.request("POST", "/api/v1/plugins", {"plugin_id": "revpi",
                                                               "instance_name": f"{prefix} device"})
         assert resp.code == 201, resp
-        instance = resp.json["public_id"]
+        instance = resp.json["data"]["public_id"]
         ids = []
         for i in range(n):
             ev = await self.request("POST", "/api/v1/events", {"name": f"{prefix} {i}", "type": "sensor",
-                                                               "unit": "°C"})
+                                                               "unit": "°C", "min_value": 0, "max_value": 100})
             assert ev.code == 201, ev
-            ids.append(ev.json["public_id"])
+            ids.append(ev.json["data"]["public_id"])
             ch = await self.request("POST", f"/api/v1/plugins/{instance}/channels", {
                 "channel_id": f"ch{i}", "channel_name": f"Channel {i}", "direction": "input", "unit": "°C",
-                "event_public_id": ev.json["public_id"]})
+                "event_public_id": ids[-1]})
             assert ch.code == 201, ch
         return ids
 

@@ -11,6 +11,8 @@ import pytest
 
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, SECRET
 
+EVENT = {"name": "x", "type": "sensor", "unit": "V", "min_value": 0, "max_value": 1}
+
 
 async def test_login_me_logout_revokes(server):
     token = await server.login(ADMIN_EMAIL, ADMIN_PASSWORD)
@@ -102,9 +104,9 @@ async def test_roles_enforced(server):
     assert (await server.request("GET", "/api/v1/users", token=viewer)).code == 403
     assert (await server.request("GET", "/api/v1/users", token=operator)).json == {"detail": "Admin access required."}
     assert (await server.request("GET", "/api/v1/events", token=viewer)).code == 200
-    denied = await server.request("POST", "/api/v1/events", {"name": "x", "type": "sensor"}, token=viewer)
+    denied = await server.request("POST", "/api/v1/events", EVENT, token=viewer)
     assert denied.code == 403
-    allowed = await server.request("POST", "/api/v1/events", {"name": "x", "type": "sensor"}, token=operator)
+    allowed = await server.request("POST", "/api/v1/events", EVENT, token=operator)
     assert allowed.code == 201
 
 
@@ -112,7 +114,7 @@ async def test_users_crud_and_validation(server):
     created = await server.request("POST", "/api/v1/users", {"email": "Op@Example.com", "username": "op1",
                                                              "password": "password-123", "role": "operator"})
     assert created.code == 201
-    user = created.json
+    user = created.json["data"]
     assert user["email"] == "op@example.com" and user["role"] == "operator" and user["admin"] is False
     assert "password" not in json.dumps(user) and "hash" not in json.dumps(user)
     dup = await server.request("POST", "/api/v1/users", {"email": "op@example.com", "username": "op2",
@@ -122,7 +124,7 @@ async def test_users_crud_and_validation(server):
     assert got.code == 200 and got.json["username"] == "op1"
     upd = await server.request("PUT", f"/api/v1/users/{user['public_id']}", {"username": "op-renamed",
                                                                              "password": "new-password-1"})
-    assert upd.code == 200 and upd.json["username"] == "op-renamed"
+    assert upd.code == 200 and upd.json["data"]["username"] == "op-renamed"
     assert await server.login("op@example.com", "new-password-1")
     assert (await server.request("DELETE", f"/api/v1/users/{user['public_id']}")).code == 200
     assert (await server.request("GET", f"/api/v1/users/{user['public_id']}")).code == 404

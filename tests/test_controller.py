@@ -460,8 +460,8 @@ async def test_controller_runs_plugins_resyncs_and_stops_cleanly(server, tmp_pat
     resp = await server.request("POST", "/api/v1/plugins", {"plugin_id": "simulated", "instance_name": "Rig",
                                                            "demo_mode": True})
     assert resp.code == 201, resp
-    instance = resp.json["public_id"]
-    mappings = {m["channel_id"]: m for m in resp.json["channel_mappings"]}
+    instance = resp.json["data"]["public_id"]
+    mappings = {m["channel_id"]: m for m in resp.json["data"]["channel_mappings"]}
     events = {ch: m["event_public_id"] for ch, m in mappings.items()}
     assert set(events) == {"temp_reactor", "temp_inlet", "temp_outlet", "pressure_chamber", "pressure_diff",
                            "volume_flow", "humidity", "heater_power", "valve_position"} and all(events.values())

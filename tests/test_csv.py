@@ -9,7 +9,7 @@ import os
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import text, update
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.simple_httpclient import HTTPStreamClosedError
 
@@ -17,6 +17,7 @@ from tests.conftest import wait_for
 from webmacs.storage import export
 from webmacs.storage.export import export_filename
 from webmacs.timefmt import sqlite_text
+from webmacs.models import Event
 
 HEADER = "timestamp,event_name,event_public_id,value,unit,datapoint_public_id"
 
@@ -28,7 +29,7 @@ def export_path(exp_id: str) -> str:
 async def start_experiment(server, name: str = "Fluidised Bed Run 07") -> str:
     resp = await server.request("POST", "/api/v1/experiments", {"name": name})
     assert resp.code == 201, resp
-    return resp.json["public_id"]
+    return resp.json["data"]["public_id"]
 
 
 async def stop_experiment(server, exp_id: str) -> None:
@@ -99,12 +100,15 @@ async def test_header_rows_and_response_headers(server):
 
 
 async def test_quoting_and_empty_unit(server):
-    resp = await server.request("POST", "/api/v1/events",
-                                {"name": 'Flow, "main" line', "type": "sensor", "unit": None})
+    resp = await server.request("POST", "/api/v1/events", {"name": 'Flow, "main" line', "type": "sensor",
+                                                           "unit": "L/min", "min_value": 0, "max_value": 9})
     assert resp.code == 201, resp
-    event = resp.json["public_id"]
+    event = resp.json["data"]["public_id"]
+    # an event stored without a unit (from before EventCreate required one)
+    await server.services.db.session(lambda s: s.execute(
+        update(Event).where(Event.public_id == event).values(unit=None)))
     plugin = await server.request("POST", "/api/v1/plugins", {"plugin_id": "revpi", "instance_name": "dev"})
-    ch = await server.request("POST", f"/api/v1/plugins/{plugin.json['public_id']}/channels", {
+    ch = await server.request("POST", f"/api/v1/plugins/{plugin.json['data']['public_id']}/channels", {
         "channel_id": "f", "channel_name": "Flow", "direction": "input", "unit": "", "event_public_id": event})
     assert ch.code == 201, ch
     exp = await start_experiment(server, "Run 12 — Inlet 180°C, Flow 5 L/min")

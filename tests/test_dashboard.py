@@ -100,12 +100,13 @@ async def make_events(server, specs: list[tuple[str, str]]) -> list[str]:
     assert plugin.code == 201, plugin
     ids = []
     for i, (name, unit) in enumerate(specs):
-        ev = await server.request("POST", "/api/v1/events", {"name": name, "type": "sensor", "unit": unit})
+        ev = await server.request("POST", "/api/v1/events", {"name": name, "type": "sensor", "unit": unit,
+                                                             "min_value": 0, "max_value": 100})
         assert ev.code == 201, ev
-        ids.append(ev.json["public_id"])
-        ch = await server.request("POST", f"/api/v1/plugins/{plugin.json['public_id']}/channels", {
+        ids.append(ev.json["data"]["public_id"])
+        ch = await server.request("POST", f"/api/v1/plugins/{plugin.json['data']['public_id']}/channels", {
             "channel_id": f"ch{i}", "channel_name": name, "direction": "input", "unit": unit,
-            "event_public_id": ev.json["public_id"]})
+            "event_public_id": ids[-1]})
         assert ch.code == 201, ch
     return ids
 

@@ -9,8 +9,8 @@ async def test_create_get_delete_datapoint(server):
     [event] = await server.linked_events(1)
     created = await server.request("POST", "/api/v1/datapoints", {"value": 23.45, "event_public_id": event})
     assert created.code == 201
-    dp = created.json
-    assert dp.pop("status") == "success" and dp.pop("message")
+    assert created.json["status"] == "success" and created.json["message"] == "Datapoint successfully created."
+    dp = created.json["data"]
     assert dp["value"] == 23.45 and dp["event_public_id"] == event and dp["experiment_public_id"] is None
     assert dp["public_id"] and dp["timestamp"]
     got = await server.request("GET", f"/api/v1/datapoints/{dp['public_id']}")
@@ -37,10 +37,22 @@ async def test_unknown_event_is_404(server):
     assert resp.code == 404 and resp.json == {"detail": "Event not found."}
 
 
-async def test_unlinked_event_is_422(server):
-    ev = (await server.request("POST", "/api/v1/events", {"name": "Loose", "type": "sensor"})).json
+async def test_unlinked_event_is_409(server):
+    ev = (await server.request("POST", "/api/v1/events", {"name": "Loose", "type": "sensor", "unit": "V",
+                                                          "min_value": 0, "max_value": 1})).json["data"]
     resp = await server.request("POST", "/api/v1/datapoints", {"value": 1.0, "event_public_id": ev["public_id"]})
-    assert resp.code == 422 and "not linked" in resp.json["detail"]
+    assert resp.code == 409 and resp.json == {"detail": "Event is not linked to an enabled plugin instance."}
+    # linked to a disabled instance: still 409
+    [linked] = await server.linked_events(1)
+    plugin = (await server.request("GET", "/api/v1/plugins")).json["data"][0]
+    assert (await server.request("PUT", f"/api/v1/plugins/{plugin['public_id']}", {"enabled": False})).code == 200
+    resp = await server.request("POST", "/api/v1/datapoints", {"value": 1.0, "event_public_id": linked})
+    assert resp.code == 409
+    # a bad timestamp on a linked event stays a 422 naming the field
+    assert (await server.request("PUT", f"/api/v1/plugins/{plugin['public_id']}", {"enabled": True})).code == 200
+    resp = await server.request("POST", "/api/v1/datapoints", {"value": 1.0, "event_public_id": linked,
+                                                               "timestamp": "yesterday"})
+    assert resp.code == 422 and "timestamp" in resp.json["detail"], resp
 
 
 async def test_batch(server):
@@ -83,7 +95,8 @@ async def test_roles_on_datapoints(server):
 
 async def test_health_reports_last_datapoint(server):
     [event] = await server.linked_events(1)
-    dp = (await server.request("POST", "/api/v1/datapoints", {"value": 1.0, "event_public_id": event})).json
-    assert dp["status"] == "success"
+    created = (await server.request("POST", "/api/v1/datapoints", {"value": 1.0, "event_public_id": event})).json
+    assert created["status"] == "success"
+    dp = created["data"]
     health = (await server.request("GET", "/health", token=None)).json
     assert health["last_datapoint"] == dp["timestamp"]

@@ -17,13 +17,13 @@ async def test_create_list_update(server):
 
     first = await server.request("POST", API, {"content": "Valve V1 serviced"}, token=operator)
     assert first.code == 201, first
-    entry = first.json
+    entry = first.json["data"]
     assert set(entry) == {"public_id", "content", "logging_type", "status_type", "created_on", "user_public_id"}
     assert entry["content"] == "Valve V1 serviced" and entry["logging_type"] == "info"
     assert entry["status_type"] == "unread" and entry["user_public_id"] == op_me["public_id"]
-    second = (await server.request("POST", API, {"content": "Pump P2 tripped", "logging_type": "error"})).json
+    second = (await server.request("POST", API, {"content": "Pump P2 tripped", "logging_type": "error"})).json["data"]
     third = (await server.request("POST", API, {"content": "x" * 500, "logging_type": "warning"},
-                                  token=operator)).json
+                                  token=operator)).json["data"]
 
     listed = await server.request("GET", f"{API}?page_size=100", token=viewer)
     assert listed.code == 200 and set(listed.json) == {"page", "page_size", "total", "data"}
@@ -37,20 +37,20 @@ async def test_create_list_update(server):
     assert paged["data"][0]["public_id"] == third["public_id"]
 
     read = await server.request("PUT", f"{API}/{entry['public_id']}", {"status_type": "read"}, token=operator)
-    assert read.code == 200 and read.json["status_type"] == "read" and read.json["content"] == entry["content"]
+    assert read.code == 200 and read.json["data"]["status_type"] == "read" and read.json["data"]["content"] == entry["content"]
     edited = await server.request("PUT", f"{API}/{entry['public_id']}", {"content": "Valve V1 serviced (ok)"})
-    assert edited.code == 200 and edited.json["content"] == "Valve V1 serviced (ok)"
-    assert edited.json["status_type"] == "read" and edited.json["user_public_id"] == op_me["public_id"]
+    assert edited.code == 200 and edited.json["data"]["content"] == "Valve V1 serviced (ok)"
+    assert edited.json["data"]["status_type"] == "read" and edited.json["data"]["user_public_id"] == op_me["public_id"]
     unread = (await server.request("GET", f"{API}?status_type=unread&page_size=100")).json["data"]
     assert entry["public_id"] not in {e["public_id"] for e in unread}
     got = await server.request("GET", f"{API}/{entry['public_id']}", token=viewer)
-    assert got.code == 200 and got.json == edited.json
+    assert got.code == 200 and got.json == edited.json["data"]
 
 
 async def test_validation_and_roles(server):
     viewer = await server.create_user("viewer")
     operator = await server.create_user("operator")
-    entry = (await server.request("POST", API, {"content": "hello"}, token=operator)).json
+    entry = (await server.request("POST", API, {"content": "hello"}, token=operator)).json["data"]
     one = f"{API}/{entry['public_id']}"
 
     assert (await server.request("POST", API, {"content": "no"}, token=viewer)).json == {

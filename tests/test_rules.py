@@ -48,7 +48,8 @@ async def create_rule(server, event: str, **fields) -> dict:
             "action_type": "log", **fields}
     resp = await server.request("POST", API, body)
     assert resp.code == 201, resp
-    return resp.json
+    assert resp.json["status"] == "success"
+    return resp.json["data"]
 
 
 async def send(server, event: str, value: float) -> None:
@@ -145,7 +146,7 @@ async def test_webhook_action(server, receiver):
     assert got["last_triggered_at"] is not None
     assert await rule_log_counts(server) == {}  # a webhook action writes no log entry
     await send(server, event, 1.7)
-    rows = (await server.request("GET", f"/api/v1/webhooks/{hook.json['public_id']}/deliveries")).json
+    rows = (await server.request("GET", f"/api/v1/webhooks/{hook.json['data']['public_id']}/deliveries")).json
     assert rows["total"] == 1 and len(receiver.hits_for("/ok/alerts")) == 1
 
 
@@ -248,10 +249,10 @@ async def test_rule_crud_and_validation(server):
     put = await server.request("PUT", one, {"operator": "between", "threshold_high": 300, "action_type": "webhook",
                                             "cooldown_seconds": 0})
     assert put.code == 200, put
-    assert put.json["operator"] == "between" and put.json["threshold_high"] == 300
-    assert put.json["webhook_event_type"] == "sensor.threshold_exceeded" and put.json["cooldown_seconds"] == 0
+    assert put.json["data"]["operator"] == "between" and put.json["data"]["threshold_high"] == 300
+    assert put.json["data"]["webhook_event_type"] == "sensor.threshold_exceeded" and put.json["data"]["cooldown_seconds"] == 0
     put = await server.request("PUT", one, {"webhook_event_type": "experiment.stopped"})
-    assert put.code == 200 and put.json["webhook_event_type"] == "experiment.stopped"
+    assert put.code == 200 and put.json["data"]["webhook_event_type"] == "experiment.stopped"
     bad_put = await server.request("PUT", one, {"threshold_high": 100})  # below threshold 200
     assert bad_put.code == 422 and bad_put.json["detail"] == "threshold_high: must be >= threshold"
     assert (await server.request("GET", one)).json["threshold_high"] == 300  # unchanged

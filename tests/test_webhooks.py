@@ -36,7 +36,8 @@ def server_settings(database_url, settings_overrides):
 async def create_hook(server, url: str, events: list[str], **extra) -> dict:
     resp = await server.request("POST", API, {"url": url, "events": events, **extra})
     assert resp.code == 201, resp
-    return resp.json
+    assert resp.json["status"] == "success"
+    return resp.json["data"]
 
 
 async def deliveries(server, hook: dict, status: str | None = None, page_size: int = 100) -> list[dict]:
@@ -90,8 +91,8 @@ async def test_webhook_crud_and_validation(server):
     put = await server.request("PUT", f"{API}/{hook['public_id']}", {"enabled": False, "events": ["experiment.stopped"],
                                                                       "secret": None})
     assert put.code == 200, put
-    assert put.json["enabled"] is False and put.json["events"] == ["experiment.stopped"]
-    assert put.json["has_secret"] is False and put.json["url"] == hook["url"]
+    assert put.json["data"]["enabled"] is False and put.json["data"]["events"] == ["experiment.stopped"]
+    assert put.json["data"]["has_secret"] is False and put.json["data"]["url"] == hook["url"]
 
     dup = await server.request("POST", API, {"url": "https://hooks.example.com/a", "events": ["sensor.reading"]})
     assert dup.code == 409 and "detail" in dup.json
@@ -160,7 +161,7 @@ async def test_signed_experiment_events_and_delivery_log(server, receiver):
                       enabled=False)
     await create_hook(server, receiver.url("/ok/other"), ["system.health_changed"])
 
-    exp = (await server.request("POST", "/api/v1/experiments", {"name": "Run 7"})).json
+    exp = (await server.request("POST", "/api/v1/experiments", {"name": "Run 7"})).json["data"]
     stopped = await server.request("PUT", f"/api/v1/experiments/{exp['public_id']}/stop")
     assert stopped.code == 200
 

@@ -224,7 +224,7 @@ async def test_linkage_filter_follows_api_changes_immediately(server):
     # unlink the channel: rejected at once
     unlink = await server.request("PUT", f"/api/v1/plugins/{plugin['public_id']}/channels/{mapping['public_id']}",
                                   {"event_public_id": None})
-    assert unlink.code == 200 and unlink.json["event_public_id"] is None
+    assert unlink.code == 200 and unlink.json["data"]["event_public_id"] is None
     assert (await push("d"))["type"] == "error"
     relink = await server.request("PUT", f"/api/v1/plugins/{plugin['public_id']}/channels/{mapping['public_id']}",
                                   {"event_public_id": event})
@@ -237,9 +237,10 @@ async def test_linkage_filter_follows_api_changes_immediately(server):
 
 
 async def test_unlinked_event_rejected(server):
-    ev = await server.request("POST", "/api/v1/events", {"name": "Lonely", "type": "sensor"})
+    ev = await server.request("POST", "/api/v1/events", {"name": "Lonely", "type": "sensor", "unit": "V",
+                                                         "min_value": 0, "max_value": 1})
     tel = await server.ws(TELEMETRY)
-    await tel.send({"datapoints": [{"value": 1.0, "event_public_id": ev.json["public_id"]}]})
+    await tel.send({"datapoints": [{"value": 1.0, "event_public_id": ev.json["data"]["public_id"]}]})
     assert await tel.recv() == {"type": "error", "message": "No valid datapoints in batch"}
 
 
@@ -249,7 +250,7 @@ async def test_experiment_stamping(server):
     [event] = await server.linked_events(1)
     tel = await server.ws(TELEMETRY)
     stream = await server.ws(STREAM)
-    exp = (await server.request("POST", "/api/v1/experiments", {"name": "Run 1"})).json
+    exp = (await server.request("POST", "/api/v1/experiments", {"name": "Run 1"})).json["data"]
     await tel.send({"datapoints": [{"value": 1.0, "event_public_id": event}], "batch_id": "in"})
     await tel.recv_type("ack")
     msg = await stream.recv_type("datapoints_batch")

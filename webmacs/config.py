@@ -124,6 +124,14 @@ class Settings:
     plugin_packages_dir: str = "./plugin-packages"
     # WEBMACS_PLUGIN_MAX_UPLOAD_MB: largest plugin wheel accepted (1..1024 MB, default 50).
     plugin_max_upload_mb: int = 50
+    # WEBMACS_OTA_STORAGE_DIR: where uploaded OTA firmware files are kept (one file
+    # per update record). Default: an ``ota`` folder next to the SQLite file, or
+    # ``./webmacs-data/ota`` for PostgreSQL. Created on first upload.
+    ota_storage_dir: str = ""
+    # WEBMACS_OTA_MAX_FILE_MB: largest firmware file an upload may send (1..102400 MB);
+    # bigger uploads are refused with 413.
+    ota_max_file_mb: int = 512
+    extra: dict = field(default_factory=dict)
 
     @property
     def is_sqlite(self) -> bool:
@@ -163,6 +171,8 @@ class Settings:
         _read_oidc(env, s)
         s.plugin_packages_dir = (env.get("WEBMACS_PLUGIN_PACKAGES_DIR") or "").strip() or s.plugin_packages_dir
         s.plugin_max_upload_mb = _int(env, "WEBMACS_PLUGIN_MAX_UPLOAD_MB", s.plugin_max_upload_mb, 1, 1024)
+        s.ota_storage_dir = (env.get("WEBMACS_OTA_STORAGE_DIR") or "").strip() or _data_dir(s.database_url, "ota")
+        s.ota_max_file_mb = _int(env, "WEBMACS_OTA_MAX_FILE_MB", s.ota_max_file_mb, 1, 102400)
         key = env.get("WEBMACS_SECRET_KEY") or ""
         if s.env == "production":
             if len(key.encode()) < 32:
@@ -236,6 +246,11 @@ def _is_http_url(url: str) -> bool:
 
     parts = urlsplit(url)
     return parts.scheme in ("http", "https") and bool(parts.netloc) and not parts.fragment
+def _data_dir(database_url: str, name: str) -> str:
+    """A data folder next to the SQLite file, else ``./webmacs-data/<name>``."""
+    if database_url.startswith("sqlite:///") and database_url != "sqlite:///:memory:":
+        return str(Path(database_url[len("sqlite:///"):]).expanduser().resolve().parent / name)
+    return str(Path("webmacs-data", name).resolve())
 
 
 def _persistent_dev_key(database_url: str) -> str:

@@ -44,6 +44,8 @@ LOGGING_TYPES = ("error", "warning", "info")
 STATUS_TYPES = ("read", "unread")
 DELIVERY_STATUSES = ("pending", "delivered", "failed", "dead_letter")
 CHANNEL_DIRECTIONS = ("input", "output", "bidirectional")
+WIDGET_TYPES = ("line_chart", "gauge", "stat_card", "actuator_toggle")
+UPDATE_STATUSES = ("pending", "downloading", "verifying", "applying", "completed", "failed", "rolled_back")
 
 
 def utcnow() -> datetime:
@@ -311,6 +313,59 @@ class IngestBatch(Base):
     accepted: Mapped[int] = mapped_column(Integer, nullable=False)
     rejected: Mapped[int] = mapped_column(Integer, nullable=False)
     created_on: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow, index=True)
+
+
+class Dashboard(Base):
+    """A custom dashboard: its owner's, or everyone's when ``is_global``."""
+
+    __tablename__ = "dashboards"
+    id: Mapped[int] = _pk()
+    public_id: Mapped[str] = _public_id()
+    name: Mapped[str] = mapped_column(String(255), nullable=False)
+    is_global: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True,
+                                                index=True)
+    created_on: Mapped[datetime] = _created()
+
+
+class DashboardWidget(Base):
+    """A widget on a dashboard; deleting the dashboard deletes it. Deleting the
+    event it shows sets ``event_id`` to NULL (the widget stays, unbound)."""
+
+    __tablename__ = "dashboard_widgets"
+    id: Mapped[int] = _pk()
+    public_id: Mapped[str] = _public_id()
+    dashboard_id: Mapped[int] = mapped_column(ForeignKey("dashboards.id", ondelete="CASCADE"), nullable=False,
+                                              index=True)
+    widget_type: Mapped[str] = mapped_column(String(32), nullable=False)
+    title: Mapped[str] = mapped_column(String(255), nullable=False)
+    event_id: Mapped[int | None] = mapped_column(ForeignKey("events.id", ondelete="SET NULL"), nullable=True)
+    x: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    y: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    w: Mapped[int] = mapped_column(Integer, nullable=False, default=4)
+    h: Mapped[int] = mapped_column(Integer, nullable=False, default=3)
+    config_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_on: Mapped[datetime] = _created()
+
+
+class FirmwareUpdate(Base):
+    """An OTA update record; the optional firmware file lives in the OTA storage
+    directory under ``file_name`` (never in the database)."""
+
+    __tablename__ = "firmware_updates"
+    id: Mapped[int] = _pk()
+    public_id: Mapped[str] = _public_id()
+    version: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    changelog: Mapped[str | None] = mapped_column(Text, nullable=True)
+    file_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    file_hash_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    file_size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    user_id: Mapped[int | None] = _owner()
+    created_on: Mapped[datetime] = _created()
+    started_on: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    completed_on: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 # The hot table. One narrow row per reading: time, event, value, experiment and

@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 import random
 import sqlite3
 import time
@@ -39,6 +40,7 @@ from webmacs.ingest import MAX_BATCH  # the server's limit per batch
 log = logging.getLogger("webmacs.controller")
 
 MODES = ("websocket", "http")
+MAX_DOWNLOAD = 100 * 1024 ** 3  # largest streamed download (OTA firmware), bytes
 
 
 class Backoff:
@@ -204,7 +206,7 @@ class TelemetryClient:
             return
         self._spool = Spool(self.spool_path, self.spool_max_bytes)
         self._wake, self._drained = asyncio.Event(), asyncio.Event()
-        self._http = AsyncHTTPClient(force_instance=True)
+        self._http = AsyncHTTPClient(force_instance=True, max_body_size=MAX_DOWNLOAD)  # firmware streams to disk
         if self._spool.pending:
             log.info("spool %s holds %d unacknowledged readings from an earlier run; resending them",
                      self.spool_path, self._spool.pending)
@@ -320,27 +322,32 @@ class TelemetryClient:
             raise ApiRequestError(resp.code, _detail(resp.body) or str(resp.error or ""))
         raise AssertionError("unreachable")
 
-    async def download(self, path: str, sink: Callable[[bytes], Any], timeout: float = 300.0) -> None:
-        """GET ``path`` with this client's credentials, handing the body to ``sink``
-        chunk by chunk (never held whole in memory)."""
+    async def download(self, path: str, dest: str, timeout: float = 3600.0) -> int:
+        """GET ``path`` into the file ``dest``, streamed chunk by chunk; returns its size.
+        Raises :class:`ApiRequestError` on a non-2xx answer (the partial file is removed)."""
         for attempt in (1, 2):
             token = await self._get_token()
-            chunks: list[int] = [0]
+            size = 0
+            with open(dest, "wb") as fh:
+                def write(chunk: bytes) -> None:
+                    nonlocal size
+                    size += len(chunk)
+                    fh.write(chunk)
 
-            def on_chunk(data: bytes) -> None:
-                chunks[0] += 1
-                sink(data)
-
-            req = HTTPRequest(self.base_url + path, headers={"Authorization": f"Bearer {token}"},
-                              connect_timeout=self.connect_timeout, request_timeout=timeout,
-                              streaming_callback=on_chunk)
-            resp = await self._http.fetch(req, raise_error=False)
-            if resp.code == 401 and self._static_token is None and attempt == 1 and not chunks[0]:
+                req = HTTPRequest(self.base_url + path, headers={"Authorization": f"Bearer {token}"},
+                                  connect_timeout=self.connect_timeout, request_timeout=timeout,
+                                  streaming_callback=write)
+                resp = await self._http.fetch(req, raise_error=False)
+            if 200 <= resp.code < 300:
+                return size
+            with open(dest, "rb") as fh:
+                detail = _detail(fh.read(4096))
+            os.unlink(dest)
+            if resp.code == 401 and self._static_token is None and attempt == 1:
                 self._token = None
                 continue
-            if not 200 <= resp.code < 300:
-                raise ApiRequestError(resp.code, str(resp.error or resp.reason or ""))
-            return
+            raise ApiRequestError(resp.code, detail or str(resp.error or ""))
+        raise AssertionError("unreachable")
 
     async def _fetch(self, method: str, path: str, body: Any, token: str | None, timeout: float):
         headers = {"Content-Type": "application/json"}

@@ -24,6 +24,11 @@ Environment (a bad value: one error line naming the variable, exit code 2):
 - ``WEBMACS_FLUSH_TIMEOUT``     seconds SIGTERM/SIGINT waits for acks before exiting (0-300, default 5)
 - ``WEBMACS_PLUGIN_DIR``        where uploaded plugin packages are installed at start
                                 (default ``./webmacs-plugins``; see webmacs/controller/packages.py)
+- ``WEBMACS_CONTROLLER_VERSION`` the firmware version this device runs, reported to ``/api/v1/ota/check``
+  (semantic version; default: the version the last completed OTA update installed, else the package's)
+- ``WEBMACS_OTA_HOOK``          ``module:function`` that flashes a verified firmware file (default: the first
+  ``webmacs.ota`` entry point; none: updates are left alone), see :mod:`webmacs.controller.ota`
+- ``WEBMACS_OTA_DOWNLOAD_DIR``  where firmware is downloaded (default: ``ota`` next to the spool file)
 """
 
 from __future__ import annotations
@@ -44,7 +49,9 @@ from typing import Any, Mapping
 from webmacs.config import ConfigError, _float, _int
 from webmacs.controller.client import MAX_BATCH, MODES, TelemetryClient
 from webmacs.controller.packages import sync_packages
+from webmacs.controller.ota import HookError, OtaAgent, default_download_dir, initial_version, load_hook
 from webmacs.controller.spool import SpoolError
+from webmacs.semver import is_semver
 
 log = logging.getLogger("webmacs.controller")
 
@@ -65,6 +72,9 @@ class ControllerConfig:
     sync_interval: float = 10.0
     flush_timeout: float = 5.0
     plugin_dir: str = "./webmacs-plugins"
+    version: str | None = None
+    ota_hook: str | None = None
+    ota_download_dir: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "ControllerConfig":
@@ -93,6 +103,9 @@ class ControllerConfig:
         if mode not in MODES:
             raise ConfigError(f"WEBMACS_TELEMETRY_MODE must be websocket or http, got {mode!r}")
         spool_path = (env.get("WEBMACS_SPOOL_PATH") or "").strip() or "./webmacs-spool.db"
+        version = (env.get("WEBMACS_CONTROLLER_VERSION") or "").strip() or None
+        if version is not None and not is_semver(version):
+            raise ConfigError(f"WEBMACS_CONTROLLER_VERSION must be a semantic version X.Y.Z, got {version!r}")
         return cls(
             server_url=url.rstrip("/"),
             token=token,
@@ -106,6 +119,9 @@ class ControllerConfig:
             sync_interval=_float(env, "WEBMACS_SYNC_INTERVAL", 10.0, 1, 3600),
             flush_timeout=_float(env, "WEBMACS_FLUSH_TIMEOUT", 5.0, 0, 300),
             plugin_dir=(env.get("WEBMACS_PLUGIN_DIR") or "").strip() or "./webmacs-plugins",
+            version=version,
+            ota_hook=(env.get("WEBMACS_OTA_HOOK") or "").strip() or None,
+            ota_download_dir=(env.get("WEBMACS_OTA_DOWNLOAD_DIR") or "").strip() or default_download_dir(spool_path),
         )
 
 
@@ -289,6 +305,11 @@ def _close_driver(driver: Any) -> None:
 
 
 async def run(config: ControllerConfig) -> int:
+    try:
+        hook = load_hook(config.ota_hook)
+    except HookError as exc:
+        print(f"webmacs controller: error: {exc}", file=sys.stderr)
+        return 2
     client = TelemetryClient(config.server_url, token=config.token, email=config.email, password=config.password,
                              spool_path=config.spool_path, spool_max_mb=config.spool_max_mb,
                              max_batch_size=config.max_batch_size, mode=config.mode)
@@ -308,10 +329,13 @@ async def run(config: ControllerConfig) -> int:
                   config.plugin_dir, exc)
     controller = Controller(client, config)
     controller.load_cached()
+    ota = OtaAgent(client, initial_version(config.version, client), hook, config.ota_download_dir)
+    log.info("firmware version %s; OTA updates %s", ota.version,
+             "applied through the flash hook" if hook else "left alone (no WEBMACS_OTA_HOOK)")
     log.info("controller started: server %s (%s), poll every %.2fs, spool %s",
              config.server_url, config.mode, config.poll_interval, config.spool_path)
     tasks = [asyncio.create_task(controller.sync_loop()), asyncio.create_task(controller.poll_loop()),
-             asyncio.create_task(controller.stats_loop())]
+             asyncio.create_task(controller.stats_loop()), asyncio.create_task(ota.loop(config.sync_interval))]
     try:
         await stop.wait()
     finally:

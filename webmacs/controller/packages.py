@@ -50,13 +50,11 @@ async def _install(client, pkg: dict, root: Path) -> Path:
     wheels = root / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
     wheel = wheels / os.path.basename(pkg["file_name"])
+    await client.download(f"/api/v1/plugins/packages/{pkg['public_id']}/download", str(wheel))
     digest = hashlib.sha256()
-    with open(wheel, "wb") as fh:
-        def sink(chunk: bytes) -> None:
-            fh.write(chunk)
+    with open(wheel, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
-
-        await client.download(f"/api/v1/plugins/packages/{pkg['public_id']}/download", sink)
     if digest.hexdigest() != pkg["sha256"]:
         wheel.unlink(missing_ok=True)
         raise RuntimeError(f"downloaded {wheel.name} does not match the server's SHA-256")

@@ -92,9 +92,18 @@ class BaseHandler(RequestHandler):
         self.set_status(status)
         self.finish(dumps(obj))
 
-    def success(self, message: str, status: int = 200, resource: dict | None = None) -> None:
-        """The contract's StatusResponse; writes also carry the resource they made or changed."""
-        self.send({**(resource or {}), "status": "success", "message": message}, status)
+    def success(self, message: str, status: int = 200, resource: dict | list | None = None) -> None:
+        """A write's answer: the contract's StatusResponse ``{"status": "success", "message": ...}``,
+        with the resource the write made or changed (if any) apart, under ``"data"``.
+
+        Envelope and resource never share a level, so a resource's own ``status``
+        (an experiment's ``running``, a plugin's ``connected``, an update's
+        ``pending``) is never overwritten. See docs/rest-notes.md.
+        """
+        body: dict = {"status": "success", "message": message}
+        if resource is not None:
+            body["data"] = resource
+        self.send(body, status)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         detail = self._reason

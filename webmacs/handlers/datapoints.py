@@ -39,7 +39,7 @@ class DatapointsHandler(BaseHandler):
             if exc.message == NO_VALID:  # a valid reading whose event is unknown or not linked
                 if not await self.db.session(datapoints.event_exists, body["event_public_id"]):
                     raise ApiError(404, "Event not found.") from None
-                raise ApiError(422, exc.errors[0]) from None
+                raise ApiError(409, "Event is not linked to an enabled plugin instance.") from None
             raise ApiError(exc.status, exc.message) from None
         public_id = result.ids[0]
         self.success("Datapoint successfully created.", 201, {

@@ -117,7 +117,7 @@ class WebhooksHandler(_WebhookWrite):
             _flush_unique_url(session)
             return webhook_dict(hook, self.principal.public_id)
 
-        self.send(await self.commit(create), 201)
+        self.success("Webhook successfully created.", 201, await self.commit(create))
 
 
 class WebhookHandler(_WebhookWrite):
@@ -139,7 +139,7 @@ class WebhookHandler(_WebhookWrite):
             _flush_unique_url(session)
             return webhook_dict(hook, owner_public_id(session, hook.user_id))
 
-        self.send(await self.commit(change))
+        self.success("Webhook successfully updated.", resource=await self.commit(change))
 
     @authenticated("admin")
     async def delete(self, public_id: str) -> None:
@@ -277,7 +277,7 @@ class RulesHandler(_RuleWrite):
             session.flush()
             return _load_rule(session, rule.public_id)
 
-        self.send(await self.commit(create), 201)
+        self.success("Rule successfully created.", 201, await self.commit(create))
 
 
 class RuleHandler(_RuleWrite):
@@ -294,7 +294,7 @@ class RuleHandler(_RuleWrite):
             session.flush()
             return _load_rule(session, public_id)
 
-        self.send(await self.commit(change))
+        self.success("Rule successfully updated.", resource=await self.commit(change))
 
     @authenticated("admin")
     async def delete(self, public_id: str) -> None:
@@ -352,7 +352,7 @@ class LogsHandler(BaseHandler):
             session.flush()
             return log_dict(entry, self.principal.public_id)
 
-        self.send(await self.db.session(create), 201)
+        self.success("Log entry successfully created.", 201, await self.db.session(create))
 
 
 class LogHandler(BaseHandler):
@@ -375,7 +375,7 @@ class LogHandler(BaseHandler):
             session.flush()
             return log_dict(entry, owner_public_id(session, entry.user_id))
 
-        self.send(await self.db.session(change))
+        self.success("Log entry successfully updated.", resource=await self.db.session(change))
 
 
 default_handlers = [

@@ -31,12 +31,14 @@ from webmacs.storage import datapoints
 from webmacs.timefmt import api as iso
 from webmacs.validation import Bool, Num, Obj, Str
 
+# EventCreate as schemas.md has it: all five fields required (docs/rest-notes.md).
+# Updates (partial) may send any of them.
 EVENT_SPEC = {
     "name": Str(1, 255, required=True),
-    "type": Str(choices=EVENT_TYPES, default="sensor"),
-    "unit": Str(0, 255, nullable=True),
-    "min_value": Num(nullable=True),
-    "max_value": Num(nullable=True),
+    "min_value": Num(required=True),
+    "max_value": Num(required=True),
+    "unit": Str(1, 255, required=True),
+    "type": Str(choices=EVENT_TYPES, required=True),
 }
 
 

@@ -1,0 +1,483 @@
+"""OTA firmware updates (REST contract §OTA Updates; docs/ota.md).
+
+Admin only, every method. A record has a semantic ``version``, an optional
+changelog and an optional firmware file. The file is uploaded to
+``POST /api/v1/ota/{id}/firmware`` (raw ``application/octet-stream`` body or
+``multipart/form-data`` field ``file``), streamed to ``WEBMACS_OTA_STORAGE_DIR``
+chunk by chunk while its SHA-256 is computed (never held whole in memory),
+bounded by ``WEBMACS_OTA_MAX_FILE_MB`` (413 beyond). Controllers download it from
+``GET /api/v1/ota/{id}/firmware``.
+
+Statuses follow the documented state machine::
+
+    pending --apply--> downloading -> verifying -> applying -> completed --rollback--> rolled_back
+                       downloading / verifying / applying -> failed
+
+``apply`` and ``rollback`` are the admin's transitions; the controller reports the
+steps in between with ``PUT /api/v1/ota/{id}/status``. Any other move is a 409.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import uuid
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from tornado.ioloop import IOLoop
+from tornado.web import stream_request_body
+
+import webmacs
+from webmacs.accounts import AuthError, authenticate
+from webmacs.handlers.base import (ROLE_MESSAGES, ApiError, BaseHandler, Owner, authenticated, get_or_404,
+                                   owner_public_id, paginate)
+from webmacs.jsoncodec import dumps
+from webmacs.models import UPDATE_STATUSES, FirmwareUpdate, utcnow
+from webmacs.timefmt import api as iso
+from webmacs.semver import is_semver, semver_key
+from webmacs.validation import Field, Str, ValidationError
+
+ACTIVE = ("downloading", "verifying", "applying")
+# statuses that count for "the newest update" in /ota/check
+CANDIDATES = ("pending", *ACTIVE, "completed")
+# what a controller may report, from each status
+PROGRESS = {
+    "downloading": ("verifying", "failed"),
+    "verifying": ("applying", "failed"),
+    "applying": ("completed", "failed"),
+}
+CHUNK = 256 * 1024
+MULTIPART_SLACK = 64 * 1024  # part headers and boundaries around the file in a multipart body
+REPORTED_KEY = "webmacs_ota_reported_version"
+
+
+class SemVer(Field):
+    def clean(self, name, value):
+        if not is_semver(value):
+            raise ValidationError(name, "must be a semantic version X.Y.Z (e.g. 2.1.0)")
+        return value
+
+
+CREATE_SPEC = {"version": SemVer(required=True), "changelog": Str(0, 100_000, nullable=True, strip=False)}
+STATUS_SPEC = {"status": Str(choices=UPDATE_STATUSES, required=True),
+               "error_message": Str(0, 10_000, nullable=True)}
+
+
+def update_dict(fw: FirmwareUpdate, user_public_id: str | None) -> dict:
+    return {
+        "public_id": fw.public_id,
+        "version": fw.version,
+        "changelog": fw.changelog,
+        "file_hash_sha256": fw.file_hash_sha256,
+        "file_size_bytes": fw.file_size_bytes,
+        "has_firmware_file": fw.file_name is not None,
+        "download_url": f"/api/v1/ota/{fw.public_id}/firmware" if fw.file_name else None,
+        "status": fw.status,
+        "error_message": fw.error_message,
+        "created_on": iso(fw.created_on),
+        "started_on": iso(fw.started_on),
+        "completed_on": iso(fw.completed_on),
+        "user_public_id": user_public_id,
+    }
+
+
+def _dict(session, fw: FirmwareUpdate) -> dict:
+    return update_dict(fw, owner_public_id(session, fw.user_id))
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+class _OtaBase(BaseHandler):
+    @property
+    def storage(self) -> Path:
+        return Path(self.config.ota_storage_dir)
+
+    @property
+    def max_bytes(self) -> int:
+        return self.config.ota_max_file_mb * 1024 * 1024
+
+    def transition(self, public_id: str, allowed: dict[str, str], action: str):
+        def change(session):
+            fw = get_or_404(session, FirmwareUpdate, public_id, "Firmware update")
+            target = allowed.get(fw.status)
+            if target is None:
+                raise ApiError(409, f"Cannot {action} an update whose status is '{fw.status}'.")
+            return fw, target
+
+        return change
+
+
+class UpdatesHandler(_OtaBase):
+    @authenticated("admin")
+    async def get(self) -> None:
+        page, size = self.page_args()
+        stmt = (select(FirmwareUpdate, Owner.public_id).outerjoin(Owner, Owner.id == FirmwareUpdate.user_id)
+                .order_by(FirmwareUpdate.id.desc()))
+        self.send(await self.db.session(paginate, stmt, page, size, update_dict))
+
+    @authenticated("admin")
+    async def post(self) -> None:
+        body = self.validated(CREATE_SPEC)
+
+        def create(session):
+            fw = FirmwareUpdate(version=body["version"], changelog=body.get("changelog"),
+                                user_id=self.principal.user_id)
+            session.add(fw)
+            try:
+                session.flush()
+            except IntegrityError:
+                raise ApiError(409, f"Firmware update {body['version']} already exists.") from None
+            return update_dict(fw, self.principal.public_id)
+
+        self.success("Firmware update successfully registered.", 201, await self.db.session(create))
+
+
+class UpdateHandler(_OtaBase):
+    @authenticated("admin")
+    async def get(self, public_id: str) -> None:
+        self.send(await self.db.session(
+            lambda s: _dict(s, get_or_404(s, FirmwareUpdate, public_id, "Firmware update"))))
+
+    @authenticated("admin")
+    async def delete(self, public_id: str) -> None:
+        def remove(session):
+            fw = get_or_404(session, FirmwareUpdate, public_id, "Firmware update")
+            if fw.status in ACTIVE:
+                raise ApiError(409, f"Cannot delete an update while it is '{fw.status}'.")
+            session.delete(fw)
+            return fw.file_name
+
+        file_name = await self.db.session(remove)
+        if file_name:
+            await IOLoop.current().run_in_executor(None, _remove, self.storage / file_name)
+        self.success("Firmware update successfully deleted.")
+
+
+class ApplyHandler(_OtaBase):
+    @authenticated("admin")
+    async def post(self, public_id: str) -> None:
+        def apply(session):
+            fw, target = self.transition(public_id, {"pending": "downloading"}, "apply")(session)
+            if fw.file_name is None:
+                raise ApiError(409, "Upload a firmware file before applying this update.")
+            busy = session.execute(select(FirmwareUpdate.version).where(
+                FirmwareUpdate.status.in_(ACTIVE), FirmwareUpdate.id != fw.id)).scalar()
+            if busy is not None:
+                raise ApiError(409, f"Update {busy} is still being applied.")
+            fw.status, fw.started_on, fw.completed_on, fw.error_message = target, utcnow(), None, None
+            session.flush()
+            return _dict(session, fw)
+
+        self.success("Firmware update started; the controller downloads and applies it.",
+                     resource=await self.db.session(apply))
+
+
+class RollbackHandler(_OtaBase):
+    @authenticated("admin")
+    async def post(self, public_id: str) -> None:
+        def rollback(session):
+            fw, target = self.transition(public_id, {"completed": "rolled_back"}, "roll back")(session)
+            fw.status = target
+            session.flush()
+            return _dict(session, fw)
+
+        self.success("Firmware update rolled back.", resource=await self.db.session(rollback))
+
+
+class StatusHandler(_OtaBase):
+    """The controller's progress report (not in the contract's table; see docs/ota.md)."""
+
+    @authenticated("admin")
+    async def put(self, public_id: str) -> None:
+        body = self.validated(STATUS_SPEC)
+
+        def report(session):
+            fw = get_or_404(session, FirmwareUpdate, public_id, "Firmware update")
+            if body["status"] not in PROGRESS.get(fw.status, ()):
+                raise ApiError(409, f"Cannot move an update from '{fw.status}' to '{body['status']}'.")
+            fw.status = body["status"]
+            if fw.status == "failed":
+                fw.error_message = body.get("error_message") or "Update failed."
+            if fw.status in ("completed", "failed"):
+                fw.completed_on = utcnow()
+            session.flush()
+            return _dict(session, fw)
+
+        self.success(f"Update status set to '{body['status']}'.", resource=await self.db.session(report))
+
+
+class CheckHandler(_OtaBase):
+    """``?current_version=X.Y.Z`` is the version a controller reports it runs; the last
+    reported one is remembered (until restart) for calls without it."""
+
+    @authenticated("admin")
+    async def get(self) -> None:
+        reported = self.get_query_argument("current_version", None)
+        if reported is not None:
+            if not is_semver(reported):
+                raise ApiError(422, "current_version: must be a semantic version X.Y.Z (e.g. 2.1.0)")
+            self.settings[REPORTED_KEY] = reported
+        current = reported or self.settings.get(REPORTED_KEY) or webmacs.__version__
+
+        def load(session):
+            rows = session.execute(select(FirmwareUpdate).where(FirmwareUpdate.status.in_(CANDIDATES))).scalars()
+            return [_dict(session, fw) for fw in rows]
+
+        candidates = await self.db.session(load)
+        latest = max(candidates, key=lambda u: semver_key(u["version"]), default=None)
+        active = [u for u in candidates if u["status"] in ACTIVE]
+        self.send({
+            "current_version": current,
+            "latest_version": latest["version"] if latest else None,
+            "update_available": bool(latest) and semver_key(latest["version"]) > semver_key(current),
+            "github_latest_version": None,
+            "github_download_url": None,
+            "github_release_url": None,
+            "github_error": None,
+            "active_update": active[0] if active else None,
+        })
+
+
+class MultipartFile:
+    """Incremental ``multipart/form-data`` reader that yields the bytes of one file
+    field as they arrive, keeping only a boundary's length of look-behind."""
+
+    def __init__(self, boundary: bytes, field: str = "file") -> None:
+        self.delimiter = b"--" + boundary
+        self.field = field
+        self.buf = b""
+        self.state = "preamble"
+        self.found = False
+
+    @property
+    def complete(self) -> bool:
+        return self.found and self.state == "done"
+
+    def feed(self, chunk: bytes) -> bytes:
+        self.buf += chunk
+        out: list[bytes] = []
+        while True:
+            if self.state == "preamble":
+                i = self.buf.find(self.delimiter)
+                if i < 0:
+                    self.buf = self.buf[-len(self.delimiter):]
+                    break
+                self.buf = self.buf[i + len(self.delimiter):]
+                self.state = "boundary"
+            elif self.state == "boundary":
+                if len(self.buf) < 2:
+                    break
+                if self.buf.startswith(b"--"):
+                    self.state, self.buf = "done", b""
+                    break
+                self.state = "headers"
+            elif self.state == "headers":
+                i = self.buf.find(b"\r\n\r\n")
+                if i < 0:
+                    if len(self.buf) > 16 * 1024:
+                        raise ValueError("multipart part headers are too long")
+                    break
+                headers = self.buf[:i].decode("latin-1").lower()
+                self.buf = self.buf[i + 4:]
+                wanted = not self.found and re.search(rf'name="?{re.escape(self.field)}"?(;|\s|$)', headers)
+                self.found = self.found or bool(wanted)
+                self.state = "data" if wanted else "skip"
+            elif self.state in ("data", "skip"):
+                end = b"\r\n" + self.delimiter
+                i = self.buf.find(end)
+                if i < 0:
+                    keep = len(end) - 1
+                    if len(self.buf) > keep:
+                        if self.state == "data":
+                            out.append(self.buf[:-keep])
+                        self.buf = self.buf[-keep:]
+                    break
+                if self.state == "data":
+                    out.append(self.buf[:i])
+                self.buf = self.buf[i + len(end):]
+                self.state = "boundary"
+            else:  # done: ignore the epilogue
+                self.buf = b""
+                break
+        return b"".join(out)
+
+
+@stream_request_body
+class FirmwareHandler(_OtaBase):
+    """POST: upload (streamed to disk, hashed on the way). GET: download."""
+
+    _file = None
+    _tmp: Path | None = None
+    _multipart: MultipartFile | None = None
+
+    async def prepare(self) -> None:
+        if self.request.method != "POST":
+            return
+        # The body streams in before post() runs: check who asks and what is acceptable first.
+        try:
+            self.principal = await self.db.session(authenticate, self.config.secret_key, self.bearer_token())
+        except AuthError as exc:
+            self.set_header("WWW-Authenticate", "Bearer")
+            raise ApiError(401, exc.reason) from None
+        if not self.principal.has_role("admin"):
+            raise ApiError(403, ROLE_MESSAGES["admin"])
+        limit = self.max_bytes + MULTIPART_SLACK
+        length = self.request.headers.get("Content-Length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            raise ApiError(413, self._too_large_detail())
+        self.request.connection.set_max_body_size(limit)
+        ctype = self.request.headers.get("Content-Type", "application/octet-stream")
+        if ctype.lower().startswith("multipart/form-data"):
+            m = re.search(r'boundary="?([^";]+)"?', ctype)
+            if not m:
+                raise ApiError(400, "multipart/form-data without a boundary.")
+            self._multipart = MultipartFile(m.group(1).encode("latin-1"))
+        elif not ctype.lower().startswith("application/octet-stream"):
+            raise ApiError(415, "Send the firmware as application/octet-stream, or multipart/form-data "
+                                "with the field 'file'.")
+        public_id = self.path_args[0]
+
+        await self.db.session(self._pending, public_id)
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._tmp = self.storage / f".upload-{uuid.uuid4().hex}"
+        self._file = await IOLoop.current().run_in_executor(None, self._open, self._tmp)
+
+    @staticmethod
+    def _pending(session, public_id: str) -> FirmwareUpdate:
+        fw = get_or_404(session, FirmwareUpdate, public_id, "Firmware update")
+        if fw.status != "pending":
+            raise ApiError(409, f"Cannot replace the firmware of an update whose status is '{fw.status}'.")
+        return fw
+
+    @staticmethod
+    def _open(path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "wb")
+
+    def _write(self, data: bytes) -> None:
+        self._hash.update(data)
+        self._file.write(data)
+
+    async def data_received(self, chunk: bytes) -> None:
+        if self._file is None:
+            return
+        if self._multipart is not None:
+            try:
+                chunk = self._multipart.feed(chunk)
+            except ValueError:
+                chunk = b""
+        self._size += len(chunk)
+        if self._size > self.max_bytes:
+            # answer now: tornado stops handing us the rest and closes the connection after the reply
+            await self._discard()
+            self.set_status(413)
+            self.finish(dumps({"detail": self._too_large_detail()}))
+            return
+        if chunk:
+            await IOLoop.current().run_in_executor(None, self._write, chunk)
+
+    async def _discard(self) -> None:
+        f, tmp = self._file, self._tmp
+        self._file = self._tmp = None
+        if f is not None:
+            await IOLoop.current().run_in_executor(None, f.close)
+        if tmp is not None:
+            await IOLoop.current().run_in_executor(None, _remove, tmp)
+
+    @staticmethod
+    def _finish_file(f, tmp: Path, final: Path) -> None:
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        os.replace(tmp, final)
+
+    def _too_large_detail(self) -> str:
+        return f"Firmware file exceeds the {self.config.ota_max_file_mb} MB limit."
+
+    @authenticated("admin")
+    async def post(self, public_id: str) -> None:
+        if self._finished:  # already answered 413 while the body streamed in
+            return
+        if self._multipart is not None and not self._multipart.complete:
+            await self._discard()
+            raise ApiError(422, "file: the multipart body has no complete 'file' field")
+        if self._size == 0:
+            await self._discard()
+            raise ApiError(422, "file: the firmware file is empty")
+        file_name = f"{public_id}.bin"
+        try:  # again: an admin may have applied it while the body streamed in
+            await self.db.session(self._pending, public_id)
+        except ApiError:
+            await self._discard()
+            raise
+        f, tmp = self._file, self._tmp
+        self._file = self._tmp = None
+        await IOLoop.current().run_in_executor(None, self._finish_file, f, tmp, self.storage / file_name)
+        digest, size = self._hash.hexdigest(), self._size
+
+        def record(session):
+            fw = self._pending(session, public_id)
+            fw.file_name, fw.file_hash_sha256, fw.file_size_bytes = file_name, digest, size
+            session.flush()
+            return _dict(session, fw)
+
+        self.success(f"Firmware file uploaded ({size:,} bytes).", 201, await self.db.session(record))
+
+    @authenticated("admin")
+    async def get(self, public_id: str) -> None:
+        fw = await self.db.session(lambda s: _dict(s, get_or_404(s, FirmwareUpdate, public_id, "Firmware update")))
+        if not fw["has_firmware_file"]:
+            raise ApiError(404, "This update has no firmware file.")
+        loop = IOLoop.current()
+        try:
+            f = await loop.run_in_executor(None, open, self.storage / f"{public_id}.bin", "rb")
+        except FileNotFoundError:
+            raise ApiError(404, "The firmware file is missing from the OTA storage.") from None
+        try:
+            self.set_header("Content-Type", "application/octet-stream")
+            self.set_header("Content-Disposition", f'attachment; filename="firmware-{fw["version"]}.bin"')
+            self.set_header("Content-Length", str(fw["file_size_bytes"]))
+            self.set_header("X-Firmware-SHA256", fw["file_hash_sha256"])
+            while True:
+                chunk = await loop.run_in_executor(None, f.read, CHUNK)
+                if not chunk:
+                    break
+                self.write(chunk)
+                await self.flush()
+        finally:
+            await loop.run_in_executor(None, f.close)
+        self.finish()
+
+    def on_finish(self) -> None:
+        if self._file is not None:  # a failed upload: drop the partial file
+            f, tmp = self._file, self._tmp
+            self._file = self._tmp = None
+            IOLoop.current().run_in_executor(None, self._drop, f, tmp)
+
+    on_connection_close = on_finish
+
+    @staticmethod
+    def _drop(f, tmp: Path | None) -> None:
+        f.close()
+        if tmp is not None:
+            _remove(tmp)
+
+
+default_handlers = [
+    (r"/api/v1/ota", UpdatesHandler),
+    (r"/api/v1/ota/check", CheckHandler),
+    (r"/api/v1/ota/([^/]+)/apply", ApplyHandler),
+    (r"/api/v1/ota/([^/]+)/rollback", RollbackHandler),
+    (r"/api/v1/ota/([^/]+)/status", StatusHandler),
+    (r"/api/v1/ota/([^/]+)/firmware", FirmwareHandler),
+    (r"/api/v1/ota/([^/]+)", UpdateHandler),
+]
