@@ -1,0 +1,133 @@
+"""Hostile and broken WebSocket clients: bounded replies, bad input answered frame by
+frame, control frames read while a batch is stored (real server, real sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import threading
+import time
+
+from tests.conftest import wait_for
+
+TELEMETRY = "/ws/controller/telemetry"
+STREAM = "/ws/datapoints/stream"
+
+
+def masked_frame(payload: bytes) -> bytes:
+    """One client text frame (clients must mask), payload < 126 bytes."""
+    mask = os.urandom(4)
+    return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def raw_upgrade(server, path: str) -> socket.socket:
+    """A socket that completes the upgrade and then reads nothing (a tiny receive buffer)."""
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(raw, ("127.0.0.1", server.port))
+    await loop.sock_sendall(raw, (
+        f"GET {path}?token={server.admin_token} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    return raw
+
+
+async def test_a_client_that_never_reads_its_replies_is_closed_and_bounded(server):
+    """A subscriber sends tiny frames that each earn an error reply and never reads:
+    its unsent replies stop at the bound, it is closed with 1013, and an honest client's
+    pings are answered at once meanwhile."""
+    hub = server.services.hub
+    hub.max_pending_bytes = 16 * 1024
+    raw = await raw_upgrade(server, STREAM)
+    try:
+        await wait_for(lambda: hub.count("frontend") == 1, message="the flooding client joined")
+        [flooder] = hub.groups["frontend"]
+        honest = await server.ws(TELEMETRY)
+        loop = asyncio.get_running_loop()
+        burst = masked_frame(b'{"a":1}') * 2000
+        sent, worst_pong = 0, 0.0
+        while flooder in hub.groups["frontend"] and sent < 400_000:
+            await loop.sock_sendall(raw, burst)
+            sent += 2000
+            t0 = time.monotonic()
+            await honest.send({"type": "ping"})
+            assert await honest.recv() == {"type": "pong"}
+            worst_pong = max(worst_pong, time.monotonic() - t0)
+        assert flooder not in hub.groups["frontend"], f"still a member after {sent} frames"
+        assert flooder.closed
+        # bounded: twice the broadcast bound plus the one reply that crossed it
+        assert flooder.pending_bytes <= 2 * hub.max_pending_bytes + 200
+        assert worst_pong < 1.0, worst_pong
+    finally:
+        raw.close()
+
+
+async def test_deep_json_is_an_error_frame_and_the_socket_lives(server):
+    tel = await server.ws(TELEMETRY)
+    await tel.send("[" * 100_000)
+    assert await tel.recv() == {"type": "error", "message": "Invalid JSON: nested too deeply"}
+    await tel.send('{"datapoints": ' + "[" * 50_000 + "]" * 50_000 + "}")
+    assert (await tel.recv())["type"] == "error"
+    await tel.send({"type": "ping"})
+    assert await tel.recv() == {"type": "pong"}
+
+
+async def test_absurd_values_reject_only_their_datapoint(server):
+    """A 400-digit integer, NUL and a lone surrogate in an event id: each rejects its
+    own datapoint; the valid one of the same batch is stored."""
+    [event] = await server.linked_events(1)
+    tel = await server.ws(TELEMETRY)
+    frame = ('{"batch_id": "odd-1", "datapoints": ['
+             f'{{"value": 1.5, "event_public_id": "{event}"}}, '
+             f'{{"value": {"9" * 400}, "event_public_id": "{event}"}}, '
+             '{"value": 1.0, "event_public_id": "a\\u0000b"}, '
+             '{"value": 1.0, "event_public_id": "\\ud800"}]}')
+    await tel.send(frame)
+    ack = await tel.recv_type("ack")
+    assert (ack["accepted"], ack["rejected"]) == (1, 3)
+    assert "datapoints[1]: value: must be a finite number" in ack["errors"]
+    json.dumps(ack)  # what it says back about the surrogate is still valid JSON
+
+
+async def test_unstorable_batch_id_is_refused_not_retried(server):
+    [event] = await server.linked_events(1)
+    tel = await server.ws(TELEMETRY)
+    for bad in ("\\ud800", "a\\u0000b"):
+        await tel.send('{"batch_id": "' + bad + '", "datapoints": [{"value": 1, "event_public_id": "' + event + '"}]}')
+        msg = await tel.recv()
+        assert msg["type"] == "error" and msg["message"].startswith("Invalid batch_id") and "retry" not in msg
+    await tel.send({"type": "ping"})
+    assert await tel.recv() == {"type": "pong"}
+
+
+async def test_pings_are_answered_while_a_batch_is_being_stored(server):
+    """The database is slow: the controller's ping is still answered at once, and the
+    batches sent behind the slow one are stored after it, in order."""
+    [event] = await server.linked_events(1)
+    writer = server.services.pipeline.writer
+    original, release, entered = writer.write, threading.Event(), threading.Event()
+
+    def slow(*args, **kwargs):
+        entered.set()
+        release.wait(10)
+        return original(*args, **kwargs)
+
+    writer.write = slow
+    tel = await server.ws(TELEMETRY)
+    try:
+        for k in range(3):
+            await tel.send({"batch_id": f"slow-{k}", "datapoints": [{"value": float(k), "event_public_id": event}]})
+        await wait_for(entered.is_set, message="the first batch is being written")
+        t0 = time.monotonic()
+        await tel.send({"type": "ping"})
+        assert await tel.recv() == {"type": "pong"}
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        release.set()
+    acks = [await tel.recv_type("ack") for _ in range(3)]
+    writer.write = original
+    assert [a["batch_id"] for a in acks] == ["slow-0", "slow-1", "slow-2"]
