@@ -10,7 +10,8 @@ import socket
 import threading
 import time
 
-from tests.conftest import wait_for
+from tests.conftest import make_settings, start_server, wait_for
+from webmacs.app import shutdown
 
 TELEMETRY = "/ws/controller/telemetry"
 STREAM = "/ws/datapoints/stream"
@@ -131,3 +132,39 @@ async def test_pings_are_answered_while_a_batch_is_being_stored(server):
     acks = [await tel.recv_type("ack") for _ in range(3)]
     writer.write = original
     assert [a["batch_id"] for a in acks] == ["slow-0", "slow-1", "slow-2"]
+
+
+async def test_shutdown_with_a_hung_database_answers_every_batch_within_the_timeout(database_url):
+    """SIGTERM's path with the database hanging: every batch read is answered "retry"
+    and the whole shutdown takes no longer than WEBMACS_SHUTDOWN_TIMEOUT."""
+    srv, http = await start_server(make_settings(database_url, WEBMACS_SHUTDOWN_TIMEOUT=2))
+    writer = srv.services.pipeline.writer
+    release, entered = threading.Event(), threading.Event()
+    original = writer.write
+
+    def hung(*args, **kwargs):
+        entered.set()
+        release.wait(30)
+        return original(*args, **kwargs)
+
+    try:
+        [event] = await srv.linked_events(1)
+        tel = await srv.ws(TELEMETRY)
+        writer.write = hung
+        for k in range(3):
+            await tel.send({"batch_id": f"h-{k}", "datapoints": [{"value": float(k), "event_public_id": event}]})
+        await wait_for(entered.is_set, message="the first batch is with the database")
+        t0 = time.monotonic()
+        await shutdown(http, srv.services)
+        took = time.monotonic() - t0
+        answers = [await tel.recv() for _ in range(3)]
+        assert took < 2.5, took
+        assert sorted((a["type"], a["batch_id"], a["retry"]) for a in answers) == [
+            ("error", f"h-{k}", True) for k in range(3)]
+        assert all("shutting down" in a["message"] for a in answers)
+        assert await tel.recv() is None and tel.conn.close_code == 1001
+    finally:
+        release.set()
+        writer.write = original
+        await srv.close()
+        srv.services.db.close()

@@ -13,16 +13,22 @@ import asyncio
 import logging
 import re
 import signal
+import time
 
 from tornado.httpserver import HTTPServer
 from tornado.web import Application
 
 from webmacs import STATIC_DIR
+from webmacs.broadcast import CONTROLLER
 from webmacs.config import Settings
 from webmacs.handlers import collect_handlers
 from webmacs.services import Services
 
 log = logging.getLogger("webmacs")
+
+# Of WEBMACS_SHUTDOWN_TIMEOUT, at most this is kept for closing sockets and stopping
+# the services (log entry, webhook writer) after waiting for in-flight batches.
+SHUTDOWN_RESERVE = 3.0
 
 # 500 datapoints of {"value": -1.2345678901234567e-300, "event_public_id": "<36-char uuid>",
 # "timestamp": "2026-01-01T00:00:00.000000+00:00"} are about 55 kB; allow 4x for
@@ -69,19 +75,31 @@ def make_app(services: Services) -> Application:
 
 
 async def shutdown(server: HTTPServer, services: Services) -> None:
-    """Graceful stop, bounded by ``shutdown_timeout``: stop accepting, finish and
-    acknowledge in-flight batches, flush the broadcast buffer, close sockets (1001)."""
+    """Graceful stop, bounded by ``shutdown_timeout`` in total: stop accepting, finish and
+    acknowledge in-flight batches (what cannot be stored in time is answered "retry"),
+    flush the broadcast buffer, close sockets (1001), stop the services."""
+    deadline = time.monotonic() + services.config.shutdown_timeout
+    reserve = min(SHUTDOWN_RESERVE, services.config.shutdown_timeout / 2)
+
+    def left(keep: float = 0.0) -> float:
+        return max(0.05, deadline - time.monotonic() - keep)
+
     services.accepting = False
     server.stop()
-    if not await services.wait_idle(services.config.shutdown_timeout):
-        log.warning("%d telemetry batches still in flight at the shutdown timeout", services.inflight)
+    if not await services.wait_idle(left(keep=reserve)):
+        log.warning("%d telemetry batches not stored at the shutdown timeout: answered retry", services.inflight)
+        for conn in list(services.hub.groups.get(CONTROLLER, ())):
+            conn.handler.abandon_batches()
     services.stop_callbacks()
     services.hub.flush()
     services.hub.close_all(1001, "Server shutting down")
-    await services.stop()
+    try:
+        await asyncio.wait_for(services.stop(), left(keep=0.3))
+    except asyncio.TimeoutError:
+        log.warning("services did not stop in time (database not answering)")
     await asyncio.sleep(0.1)  # let close frames go out
     try:
-        await asyncio.wait_for(server.close_all_connections(), timeout=2)
+        await asyncio.wait_for(server.close_all_connections(), timeout=left())
     except asyncio.TimeoutError:
         log.warning("some connections did not close in time")
 

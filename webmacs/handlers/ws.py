@@ -45,6 +45,7 @@ log = logging.getLogger("webmacs.ws")
 MAX_QUEUED_BYTES = 4 * 1024 * 1024
 MAX_QUEUED_POINTS = 25_000
 OVERLOADED = "Server overloaded: batch not stored"
+SHUTTING_DOWN = "Server shutting down: batch not stored, retry later"
 
 
 class _Socket(WebSocketHandler):
@@ -116,6 +117,9 @@ class _Socket(WebSocketHandler):
     def handle(self, data: dict, size: int) -> None:
         raise NotImplementedError
 
+    def abandon_batches(self) -> None:
+        """Answer what was read and not stored (telemetry only)."""
+
     def parse(self, message: str | bytes) -> dict | None:
         """The frame as a JSON object, or None after answering an error."""
         try:
@@ -145,7 +149,8 @@ class TelemetryHandler(_Socket):
             self.error(message, batch_id=batch_id, retry=retry, **({"errors": errors} if errors else {}))
 
     def initialize(self) -> None:
-        self._queue: deque[tuple[list, str | None, int]] = deque()
+        # [datapoints, batch_id, frame size, answered]; the first one is being stored
+        self._queue: deque[list] = deque()
         self._queued_bytes = 0
         self._queued_points = 0
         self._worker: asyncio.Future | None = None
@@ -166,7 +171,7 @@ class TelemetryHandler(_Socket):
             return
         services = self.services
         if not services.accepting:
-            self.reject("Server shutting down: batch not stored, retry later", batch_id, retry=True)
+            self.reject(SHUTTING_DOWN, batch_id, retry=True)
             return
         too_large = check_batch_size(points)
         if too_large:
@@ -176,7 +181,7 @@ class TelemetryHandler(_Socket):
                             or self._queued_points + len(points) > MAX_QUEUED_POINTS):
             self.reject(OVERLOADED, batch_id, retry=True)
             return
-        self._queue.append((points, batch_id, size))
+        self._queue.append([points, batch_id, size, False])
         self._queued_bytes += size
         self._queued_points += len(points)
         services.batch_queued()
@@ -187,19 +192,33 @@ class TelemetryHandler(_Socket):
         """Store the queued batches one after the other, answering each."""
         services = self.services
         while self._queue:
-            points, batch_id, size = self._queue[0]
+            item = self._queue[0]
+            points, batch_id, size, _ = item
             try:
                 result = await services.pipeline.ingest(points, batch_id=batch_id, sender=self.conn.sender)
             except IngestError as exc:
-                self.reject(exc.message, batch_id, exc.retry, exc.errors)
+                if not item[3]:
+                    self.reject(exc.message, batch_id, exc.retry, exc.errors)
             else:
-                if batch_id is not None:
+                if batch_id is not None and not item[3]:
                     self.send(_ack(batch_id, result))
             finally:
-                self._queue.popleft()
-                self._queued_bytes -= size
-                self._queued_points -= len(points)
-                services.batch_done()
+                self._forget(self._queue.popleft())
+
+    def _forget(self, item: list) -> None:
+        self._queued_bytes -= item[2]
+        self._queued_points -= len(item[0])
+        self.services.batch_done()
+
+    def abandon_batches(self) -> None:
+        """Shutdown ran out of time: answer every batch read but not stored with
+        "retry" (one being written may still commit; its resend is then a duplicate)."""
+        for item in self._queue:
+            if not item[3]:
+                item[3] = True
+                self.reject(SHUTTING_DOWN, item[1], retry=True)
+        while len(self._queue) > 1:  # the first is with the database; its task finishes it
+            self._forget(self._queue.pop())
 
 
 def _ack(batch_id: str, result) -> dict:
