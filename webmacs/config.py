@@ -75,7 +75,8 @@ class Settings:
     # WEBMACS_BROADCAST_INTERVAL_MS: how often the coalescing buffer is flushed
     # to dashboards (the spec's 200 ms per-event throttle).
     broadcast_interval_ms: int = 200
-    # WEBMACS_SHUTDOWN_TIMEOUT: seconds SIGTERM waits for in-flight batches.
+    # WEBMACS_SHUTDOWN_TIMEOUT: seconds a SIGTERM stop takes at most, in total; batches
+    # not stored by then are answered "retry".
     shutdown_timeout: float = 10.0
     # WEBMACS_WEBHOOK_WORKERS: concurrent outgoing webhook requests.
     webhook_workers: int = 10
