@@ -167,11 +167,17 @@ def log_request(handler) -> None:
 
 def make_app(services: Services) -> Application:
     from webmacs.handlers import collect_handlers
+    from webmacs.health import HealthProbe
+    from webmacs.ratelimit import Guards
+    from webmacs.serving import SafeStaticFileHandler
 
     return Application(
         collect_handlers(),
         webmacs=services,
+        guards=Guards(services.config),
+        health_probe=HealthProbe(services.db),
         static_path=str(STATIC_DIR),
+        static_handler_class=SafeStaticFileHandler,
         static_url_prefix="/static/",
         websocket_max_message_size=WEBSOCKET_MAX_MESSAGE_SIZE,
         websocket_ping_interval=WEBSOCKET_PING_INTERVAL,
@@ -205,11 +211,23 @@ async def shutdown(server: HTTPServer, services: Services) -> None:
 
 
 async def run_server(config: Settings, host: str, port: int) -> None:
+    from webmacs.serving import GuardedHTTPServer, install_log_filters, parse_networks
+
+    install_log_filters()
     services = Services(config)
     services.prepare_database()
+    accounts.warn_if_no_users(services.db)
     await services.start()
     app = make_app(services)
-    server = HTTPServer(app, xheaders=True, max_body_size=16 * 1024 * 1024)
+    server = GuardedHTTPServer(
+        app,
+        idle_connection_timeout=config.http_header_timeout,  # tornado: also the header timeout
+        body_timeout=config.http_body_timeout,
+        # Routes check their own (smaller) limit before reading; this bounds the rest.
+        max_body_size=256 * 1024,
+        max_connections=config.max_connections,
+        trusted_proxies=parse_networks(config.trusted_proxies, "WEBMACS_TRUSTED_PROXIES"),
+    )
     server.listen(port, host)
     log.info("webmacs listening on http://%s:%d (database: %s)", host, port,
              "sqlite" if config.is_sqlite else ("timescaledb" if services.db.has_timescale else "postgresql"))

@@ -86,6 +86,35 @@ class Settings:
     webhook_retry_base: float = 2.0
     # WEBMACS_SENSOR_READING_THROTTLE: seconds between sensor.reading webhooks per event.
     sensor_reading_throttle: float = 5.0
+    # WEBMACS_MAX_CONNECTIONS: open HTTP/WebSocket connections at most; one beyond
+    # it is answered 503 and closed at once. Keep it below the process's open-file
+    # limit (`ulimit -n`) minus the database pool and a margin.
+    max_connections: int = 800
+    # WEBMACS_HTTP_HEADER_TIMEOUT: seconds a connection may take to send a complete
+    # request header, counted from the connection's start or the end of its previous
+    # request (so it is also the keep-alive idle timeout). Half-sent headers are closed.
+    http_header_timeout: float = 10.0
+    # WEBMACS_HTTP_BODY_TIMEOUT: seconds to receive a request body once its header is in.
+    http_body_timeout: float = 60.0
+    # WEBMACS_TRUSTED_PROXIES: comma-separated addresses/CIDR networks whose
+    # X-Real-IP / X-Forwarded-For / X-Forwarded-Proto headers are believed. From any
+    # other peer they are ignored. Default: loopback.
+    trusted_proxies: str = "127.0.0.1/32,::1/128"
+    # WEBMACS_RATE_LIMIT: requests per minute per client address (REST API; /ws/*,
+    # /health, /api/v1/ota/* and POST /api/v1/datapoints are exempt); 0 disables.
+    rate_limit: int = 300
+    # WEBMACS_RATE_LIMIT_EXEMPT: client networks the per-address limit does not
+    # apply to (the login failure limit below still does). Default: loopback and
+    # the private ranges Docker uses.
+    rate_limit_exempt: str = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16"
+    # WEBMACS_LOGIN_MAX_FAILURES: failed logins per account within
+    # WEBMACS_LOGIN_FAILURE_WINDOW seconds before further attempts for that account
+    # get 429 (from any address); 0 disables.
+    login_max_failures: int = 10
+    login_failure_window: float = 900.0
+    # WEBMACS_PASSWORD_HASH_WORKERS: threads that hash and verify passwords
+    # (Argon2, ~50 ms of CPU each), apart from the database threads.
+    password_hash_workers: int = 1
     extra: dict = field(default_factory=dict)
 
     @property
@@ -123,16 +152,49 @@ class Settings:
         s.sensor_reading_throttle = _float(
             env, "WEBMACS_SENSOR_READING_THROTTLE", s.sensor_reading_throttle, 0.0, 3600
         )
+        s.max_connections = _int(env, "WEBMACS_MAX_CONNECTIONS", s.max_connections, 1, 1_000_000)
+        s.http_header_timeout = _float(env, "WEBMACS_HTTP_HEADER_TIMEOUT", s.http_header_timeout, 0.1, 3600)
+        s.http_body_timeout = _float(env, "WEBMACS_HTTP_BODY_TIMEOUT", s.http_body_timeout, 0.1, 3600)
+        s.trusted_proxies = _networks(env, "WEBMACS_TRUSTED_PROXIES", s.trusted_proxies)
+        s.rate_limit = _int(env, "WEBMACS_RATE_LIMIT", s.rate_limit, 0, 1_000_000)
+        s.rate_limit_exempt = _networks(env, "WEBMACS_RATE_LIMIT_EXEMPT", s.rate_limit_exempt)
+        s.login_max_failures = _int(env, "WEBMACS_LOGIN_MAX_FAILURES", s.login_max_failures, 0, 1_000_000)
+        s.login_failure_window = _float(env, "WEBMACS_LOGIN_FAILURE_WINDOW", s.login_failure_window, 1, 86400)
+        s.password_hash_workers = _int(env, "WEBMACS_PASSWORD_HASH_WORKERS", s.password_hash_workers, 1, 16)
         key = env.get("WEBMACS_SECRET_KEY") or ""
         if s.env == "production":
             if len(key.encode()) < 32:
                 raise ConfigError(
                     "WEBMACS_SECRET_KEY must be set to at least 32 bytes when WEBMACS_ENV=production"
                 )
+            if _is_placeholder(key):
+                raise ConfigError("WEBMACS_SECRET_KEY is the example placeholder: generate one with "
+                                  "python3 -c 'import secrets; print(secrets.token_urlsafe(64))'")
         elif not key:
             key = _persistent_dev_key(s.database_url)
         s.secret_key = key
         return s
+
+
+def _networks(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name)
+    raw = default if raw is None else raw
+    from webmacs.serving import parse_networks
+
+    try:
+        parse_networks(raw, name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return raw
+
+
+# Secrets published in examples and docs (ours and the WebMACS compose file's).
+PLACEHOLDER_SECRETS = ("change-me", "changeme", "replace-me", "your-secret", "secret-key", "example")
+
+
+def _is_placeholder(key: str) -> bool:
+    low = key.lower()
+    return any(p in low for p in PLACEHOLDER_SECRETS) or len(set(key)) < 8
 
 
 def _persistent_dev_key(database_url: str) -> str:

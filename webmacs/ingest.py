@@ -123,7 +123,10 @@ def validate_point(raw: Any, now: datetime) -> tuple[str, float, datetime | None
     value = raw.get("value")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError("value must be a number")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer of hundreds of digits: rejected like inf
+        value = math.inf
     if not math.isfinite(value):
         raise ValueError("value must be finite")
     event = raw.get("event_public_id")

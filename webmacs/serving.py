@@ -1,0 +1,313 @@
+"""The HTTP server in front of the application: connection limits, fd exhaustion,
+trusted proxies, and log hygiene.
+
+- :class:`GuardedHTTPServer` caps open connections (``WEBMACS_MAX_CONNECTIONS``:
+  a connection beyond the cap is closed at once), and survives running out of
+  file descriptors: tornado's accept loop lets ``EMFILE`` escape on every wake-up
+  (a busy loop, one log line per accept); here the listening socket is paused for
+  a moment instead and the condition is logged once per interval.
+- Forwarded headers (``X-Real-IP``, ``X-Forwarded-For``, ``X-Forwarded-Proto``)
+  are applied only when the peer is in ``WEBMACS_TRUSTED_PROXIES``.
+- :class:`RedactTokens` removes ``token=...`` from every log record (tracebacks
+  of a failing request log its URI, and WebSocket URIs carry tokens);
+  :class:`Throttle` keeps per-connection noise (malformed requests, read
+  timeouts) to one line per interval.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import re
+import socket
+import time
+from typing import Any, Iterable
+
+from tornado import httputil, netutil
+from tornado.httpserver import HTTPServer
+from tornado.ioloop import IOLoop
+
+log = logging.getLogger("webmacs.http")
+
+# How long the listening socket rests after accept() ran out of descriptors:
+# long enough not to spin, short enough that a freed descriptor is used soon.
+ACCEPT_PAUSE = 0.1
+# At most one "out of file descriptors" / "connection cap" line per this many seconds.
+LOG_INTERVAL = 10.0
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(raw: str, name: str) -> tuple[Network, ...]:
+    """``"127.0.0.1/32, ::1, 10.0.0.0/8"`` -> networks; ValueError naming ``name``."""
+    out = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            out.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ValueError(f"{name}: {part!r} is not an IP address or CIDR network") from None
+    return tuple(out)
+
+
+def in_networks(ip: str, networks: Iterable[Network]) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr.version == net.version and addr in net for net in networks)
+
+
+class _LogEvery:
+    """Count occurrences; report the count at most once per ``interval``."""
+
+    def __init__(self, interval: float = LOG_INTERVAL) -> None:
+        self.interval = interval
+        self.last = float("-inf")
+        self.suppressed = 0
+
+    def due(self) -> int | None:
+        """None while throttled; else the number suppressed since the last line."""
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            self.suppressed += 1
+            return None
+        self.last, n, self.suppressed = now, self.suppressed, 0
+        return n
+
+
+class _TrustedProxyAdapter(httputil.HTTPMessageDelegate):
+    """Apply forwarded headers for one request when the peer is a trusted proxy."""
+
+    def __init__(self, delegate: httputil.HTTPMessageDelegate, request_conn: Any,
+                 proxies: tuple[Network, ...]) -> None:
+        self.delegate = delegate
+        self.context = request_conn.context
+        self.proxies = proxies
+
+    def headers_received(self, start_line, headers):
+        ctx = self.context
+        peer = getattr(ctx, "_orig_remote_ip", None)
+        if peer is not None and in_networks(peer, self.proxies):
+            ip = peer
+            # Right to left: the first address not added by one of our proxies is the client.
+            for cand in reversed(headers.get("X-Forwarded-For", "").split(",")):
+                cand = cand.strip()
+                if cand and netutil.is_valid_ip(cand):
+                    ip = cand
+                    if not in_networks(cand, self.proxies):
+                        break
+            real = headers.get("X-Real-Ip", "").strip()
+            if real and netutil.is_valid_ip(real):
+                ip = real
+            ctx.remote_ip = ip
+            proto = headers.get("X-Forwarded-Proto", "").split(",")[-1].strip()
+            if proto in ("http", "https"):
+                ctx.protocol = proto
+        return self.delegate.headers_received(start_line, headers)
+
+    def data_received(self, chunk):
+        return self.delegate.data_received(chunk)
+
+    def finish(self) -> None:
+        self.delegate.finish()
+        self._restore()
+
+    def on_connection_close(self) -> None:
+        self.delegate.on_connection_close()
+        self._restore()
+
+    def _restore(self) -> None:
+        ctx = self.context
+        if hasattr(ctx, "_orig_remote_ip"):
+            ctx.remote_ip = ctx._orig_remote_ip
+            ctx.protocol = ctx._orig_protocol
+
+
+class GuardedHTTPServer(HTTPServer):
+    """HTTPServer with a connection cap, an EMFILE-safe accept loop and trusted proxies.
+
+    Construct with ``max_connections`` and ``trusted_proxies`` besides HTTPServer's
+    own arguments (``xheaders`` is ignored: forwarded headers depend on the peer).
+    """
+
+    def initialize(self, *args: Any, max_connections: int = 0,
+                   trusted_proxies: tuple[Network, ...] = (), **kwargs: Any) -> None:
+        kwargs.pop("xheaders", None)
+        super().initialize(*args, **kwargs)
+        self.max_connections = max_connections
+        self.trusted_proxies = tuple(trusted_proxies)
+        self._emfile_log = _LogEvery()
+        self._cap_log = _LogEvery()
+
+    # --- accepting ---------------------------------------------------------------
+    def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
+        for sock in sockets:
+            self._sockets[sock.fileno()] = sock
+            self._handlers[sock.fileno()] = self._accept_on(sock)
+
+    def _accept_on(self, sock: socket.socket):
+        io_loop = IOLoop.current()
+        state = {"removed": False, "paused": False}
+
+        def resume() -> None:
+            if not state["removed"] and state["paused"]:
+                state["paused"] = False
+                io_loop.add_handler(sock, on_readable, IOLoop.READ)
+
+        def on_readable(fd, events) -> None:
+            for _ in range(128):  # bounded, like tornado's loop: let other callbacks run
+                if state["removed"]:
+                    return
+                try:
+                    connection, address = sock.accept()
+                except BlockingIOError:
+                    return
+                except ConnectionAbortedError:
+                    continue
+                except OSError as exc:
+                    if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                        self._out_of_descriptors(exc)
+                        io_loop.remove_handler(sock)
+                        state["paused"] = True
+                        io_loop.call_later(ACCEPT_PAUSE, resume)
+                        return
+                    raise
+                if self.max_connections and len(self._connections) >= self.max_connections:
+                    self._refuse(connection)
+                    continue
+                self._handle_connection(connection, address)
+
+        def remove() -> None:
+            if not state["paused"] and not state["removed"]:
+                io_loop.remove_handler(sock)
+            state["removed"] = True
+
+        io_loop.add_handler(sock, on_readable, IOLoop.READ)
+        return remove
+
+    def _out_of_descriptors(self, exc: OSError) -> None:
+        suppressed = self._emfile_log.due()
+        if suppressed is not None:
+            log.error("cannot accept connections: %s (%d open HTTP connections; %d more refusals in the "
+                      "last %.0f s); raise the open-file limit or lower WEBMACS_MAX_CONNECTIONS",
+                      exc.strerror or exc, len(self._connections), suppressed, LOG_INTERVAL)
+
+    def _refuse(self, connection: socket.socket) -> None:
+        try:
+            connection.setblocking(False)
+            connection.send(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                            b"Connection: close\r\nRetry-After: 1\r\nContent-Length: 44\r\n\r\n"
+                            b'{"detail": "Too many connections, retry."}\r\n')
+        except OSError:
+            pass
+        connection.close()
+        suppressed = self._cap_log.due()
+        if suppressed is not None:
+            log.warning("connection cap reached (WEBMACS_MAX_CONNECTIONS=%d): refusing new connections "
+                        "(%d more in the last %.0f s)", self.max_connections, suppressed, LOG_INTERVAL)
+
+    # --- requests ------------------------------------------------------------------
+    def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection):
+        delegate = super().start_request(server_conn, request_conn)
+        if self.trusted_proxies:
+            delegate = _TrustedProxyAdapter(delegate, request_conn, self.trusted_proxies)
+        return delegate
+
+
+# --- logging -----------------------------------------------------------------------------
+
+_TOKEN = re.compile(r"((?:[?&;]|\b)(?:access_)?token=)[^&\s'\"]+", re.IGNORECASE)
+_BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+")
+
+
+def redact(text: str) -> str:
+    return _BEARER.sub(r"\1***", _TOKEN.sub(r"\1***", text))
+
+
+class RedactTokens(logging.Filter):
+    """Rewrite a record whose message or traceback carries ``token=...``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a broken record is logged as it is
+            return True
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
+class Throttle(logging.Filter):
+    """Let through one record per ``interval`` among those whose message starts
+    with one of ``prefixes`` (per-connection noise an attacker can trigger at will)."""
+
+    def __init__(self, prefixes: tuple[str, ...], interval: float = LOG_INTERVAL) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+        self.every = {p: _LogEvery(interval) for p in prefixes}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg if isinstance(record.msg, str) else ""
+        for p in self.prefixes:
+            if msg.startswith(p):
+                suppressed = self.every[p].due()
+                if suppressed is None:
+                    return False
+                if suppressed:
+                    record.msg = f"{record.msg} (and {suppressed} more like it)"
+                return True
+        return True
+
+
+_installed = False
+
+
+def install_log_filters() -> None:
+    """Once per process: redact tokens in every handler's output, throttle tornado's
+    per-connection messages."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    redactor = RedactTokens()
+    root = logging.getLogger()
+    for handler in root.handlers:
+        handler.addFilter(redactor)
+    # Records of loggers that propagate reach root's handlers (filtered above);
+    # filters on the loggers themselves cover handlers added to them later.
+    for name in ("tornado.access", "tornado.application", "tornado.general", "asyncio", "webmacs"):
+        logging.getLogger(name).addFilter(redactor)
+    logging.getLogger("tornado.general").addFilter(
+        Throttle(("Malformed HTTP message", "Timeout reading body", "Uncaught exception, closing")))
+
+
+# --- static files ------------------------------------------------------------------------
+
+from tornado.web import HTTPError, StaticFileHandler  # noqa: E402
+
+
+class SafeStaticFileHandler(StaticFileHandler):
+    """StaticFileHandler that answers 404 for a path with NUL (``%00``) in it
+    (the file system call would raise ValueError, a 500)."""
+
+    def validate_absolute_path(self, root: str, absolute_path: str):
+        if "\x00" in absolute_path:
+            raise HTTPError(404)
+        return super().validate_absolute_path(root, absolute_path)
+
+    @classmethod
+    def get_absolute_path(cls, root: str, path: str) -> str:
+        if "\x00" in path:
+            raise HTTPError(404)
+        return super().get_absolute_path(root, path)
