@@ -463,3 +463,26 @@ def _cluster_pids(datadir: Path) -> list[int]:
             if ppid == postmaster:
                 pids.append(int(entry.name))
     return pids
+
+
+@pytest.mark.timeout(90)
+async def test_a_flood_of_bad_requests_is_not_a_flood_of_log_lines(database_url, tmp_path):
+    proc = ServeProcess(database_url, tmp_path / "server.log")
+    await proc.start()
+    http = AsyncHTTPClient(force_instance=True)
+    try:
+        before = (tmp_path / "server.log").stat().st_size
+        base = f"http://127.0.0.1:{proc.port}"
+        bad = [("POST", "/api/v1/auth/login", b"[" * 60_000), ("POST", "/api/v1/events", b'{"name": "\\ud800"}'),
+               ("GET", "/api/v1/events", None), ("POST", "/api/v1/auth/login", b"x" * 70_000)]
+        for i in range(200):
+            method, path, body = bad[i % len(bad)]
+            resp = await http.fetch(base + path + "?token=abc", method=method, body=body, raise_error=False,
+                                    headers={"Authorization": "Bearer nope"})
+            assert 400 <= resp.code < 500, (path, resp.code, resp.body)
+        log = (tmp_path / "server.log").read_text(errors="replace")[before:]
+        assert len(log.splitlines()) <= 10, log
+        assert "abc" not in log
+    finally:
+        http.close()
+        await proc.kill()

@@ -153,16 +153,29 @@ _TOKEN_IN_QUERY = re.compile(r"(token=)[^&\s]+")
 access_log = logging.getLogger("tornado.access")
 
 
+_client_errors: dict[int, object] = {}
+
+
 def log_request(handler) -> None:
-    """Tornado's access log line, with ``?token=...`` redacted (WebSocket URLs carry JWTs)."""
+    """Tornado's access log line, with ``?token=...`` redacted (WebSocket URLs carry JWTs).
+    Client errors (4xx) are logged once per status per 10 s with a count: a flood of bad
+    requests must not become a flood of log lines."""
+    from webmacs.serving import _LogEvery
+
     status = handler.get_status()
     level = logging.INFO if status < 400 else (logging.WARNING if status < 500 else logging.ERROR)
     if not access_log.isEnabledFor(level):
         return
+    more = ""
+    if 400 <= status < 500:
+        suppressed = _client_errors.setdefault(status, _LogEvery()).due()
+        if suppressed is None:
+            return
+        more = f" (and {suppressed} more {status}s in the last 10 s)" if suppressed else ""
     req = handler.request
     uri = _TOKEN_IN_QUERY.sub(r"\1***", req.uri)
-    access_log.log(level, "%d %s %s (%s) %.2fms", status, req.method, uri, req.remote_ip,
-                   1000.0 * req.request_time())
+    access_log.log(level, "%d %s %s (%s) %.2fms%s", status, req.method, uri, req.remote_ip,
+                   1000.0 * req.request_time(), more)
 
 
 def make_app(services: Services) -> Application:
