@@ -25,7 +25,11 @@ from argon2.exceptions import InvalidHashError, VerificationError
 ALGORITHM = "HS256"
 API_TOKEN_PREFIX = "wm_"
 
-_hasher = PasswordHasher()
+# OWASP's Argon2id baseline (19 MiB, 2 passes, 1 lane) rather than argon2-cffi's default
+# (64 MiB, 3 passes, 4 lanes): a login costs a quarter of the CPU and memory, so a login
+# flood cannot take the memory or the cores ingest needs. Older hashes still verify with
+# their own parameters and are rehashed at the next successful login (needs_rehash).
+_hasher = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
 # A real hash of a random password: verifying against it when the user does not
 # exist keeps login timing the same for unknown emails.
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
@@ -33,6 +37,13 @@ _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 
 def hash_password(password: str) -> str:
     return _hasher.hash(password)
+
+
+def needs_rehash(password_hash: str) -> bool:
+    try:
+        return _hasher.check_needs_rehash(password_hash)
+    except InvalidHashError:
+        return False
 
 
 def verify_password(password_hash: str | None, password: str) -> bool:

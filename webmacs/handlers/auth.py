@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from webmacs import __version__
 from webmacs.accounts import TOKEN_REVOKED, USER_NOT_FOUND, revoke
 from webmacs.handlers.base import ApiError, BaseHandler, authenticated, get_or_404, iso, paginate, too_many
 from webmacs.models import ROLES, ApiToken, User, utcnow
-from webmacs.security import HashBusy, create_jwt, new_api_token
+from webmacs.security import HashBusy, create_jwt, needs_rehash, new_api_token
 from webmacs.validation import Bool, DateTimeField, Email, Str
 
 LOGIN_SPEC = {"email": Email(required=True), "password": Str(1, 1024, strip=False, required=True)}
@@ -75,7 +75,12 @@ class LoginHandler(BaseHandler):
             guards.logins.failed(email)
             raise ApiError(401, "Invalid email or password.")
         guards.logins.succeeded(email)
-        public_id, username, _ = user
+        public_id, username, old_hash = user
+        if needs_rehash(old_hash):  # made with older parameters: store a current hash
+            new_hash = await _hash(self, body["password"])
+            await self.db.session(lambda s: s.execute(
+                update(User).where(User.public_id == public_id, User.password_hash == old_hash)
+                .values(password_hash=new_hash)))
         token, _claims = create_jwt(self.config.secret_key, public_id, self.config.token_ttl_minutes)
         self.send({
             "status": "success",
