@@ -157,6 +157,10 @@ async def main() -> int:
     ap.add_argument("--sockets", type=int, default=1000, help="half-open connections")
     ap.add_argument("--database-url", default=None, help="default: SQLite in a scratch directory")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--exempt-loopback", action="store_true",
+                    help="keep the default WEBMACS_RATE_LIMIT_EXEMPT (loopback exempt): only the per-account "
+                         "limit and the hash pool stand between the login flood and ingest")
+    ap.add_argument("--phases", default=",".join(PHASES))
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="webmacs-flood-"))
@@ -167,8 +171,10 @@ async def main() -> int:
         "WEBMACS_DATABASE_URL": args.database_url or f"sqlite:///{tmp}/webmacs.db",
         "WEBMACS_SECRET_KEY": "flood-bench-secret-0123456789abcdefghijklmnop",
         "WEBMACS_INITIAL_ADMIN_EMAIL": ADMIN_EMAIL, "WEBMACS_INITIAL_ADMIN_PASSWORD": ADMIN_PASSWORD,
-        "WEBMACS_RATE_LIMIT_EXEMPT": "", "PYTHONUNBUFFERED": "1",
+        "PYTHONUNBUFFERED": "1",
     })
+    if not args.exempt_loopback:
+        env["WEBMACS_RATE_LIMIT_EXEMPT"] = ""
     with open(log_path, "wb") as fh:
         server = subprocess.Popen([sys.executable, "-m", "webmacs", "serve", "--port", str(port)], env=env,
                                   stdout=fh, stderr=fh)
@@ -220,7 +226,7 @@ async def main() -> int:
         idle_rss = rss_kb(server.pid)
         report["idle_rss_mb"] = round(idle_rss / 1024, 1)
         ctx = multiprocessing.get_context("spawn")
-        for phase in PHASES:
+        for phase in args.phases.split(","):
             queue = ctx.Queue()
             attacker = ctx.Process(target=attack, args=(phase, port, args.seconds, args.sockets, queue))
             log0, cpu0 = log_path.stat().st_size, cpu_s(server.pid)
@@ -264,6 +270,7 @@ async def main() -> int:
             server.kill()
     load = os.getloadavg()
     report["loadavg"] = [round(x, 2) for x in load]
+    report["exempt_loopback"] = args.exempt_loopback
     print(f"\nidle RSS {report['idle_rss_mb']} MB; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(f"{'phase':<11} {'acks':>5} {'P50 ms':>8} {'P95 ms':>8} {'max ms':>8} {'RSS +MB':>8} {'CPU s':>6} "
           f"{'log B':>7}  attacker")

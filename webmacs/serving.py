@@ -25,7 +25,8 @@ import time
 from typing import Any, Iterable
 
 from tornado import httputil, netutil
-from tornado.httpserver import HTTPServer
+from tornado.http1connection import HTTP1ServerConnection
+from tornado.httpserver import HTTPServer, _HTTPRequestContext
 from tornado.ioloop import IOLoop
 
 log = logging.getLogger("webmacs.http")
@@ -82,15 +83,19 @@ class _LogEvery:
 
 
 class _TrustedProxyAdapter(httputil.HTTPMessageDelegate):
-    """Apply forwarded headers for one request when the peer is a trusted proxy."""
+    """Apply forwarded headers for one request when the peer is a trusted proxy; tell
+    the server when the request's header is complete (the connection is no longer idle)."""
 
     def __init__(self, delegate: httputil.HTTPMessageDelegate, request_conn: Any,
-                 proxies: tuple[Network, ...]) -> None:
+                 proxies: tuple[Network, ...], on_header=None) -> None:
         self.delegate = delegate
         self.context = request_conn.context
         self.proxies = proxies
+        self.on_header = on_header
 
     def headers_received(self, start_line, headers):
+        if self.on_header is not None:
+            self.on_header()
         ctx = self.context
         peer = getattr(ctx, "_orig_remote_ip", None)
         if peer is not None and in_networks(peer, self.proxies):
@@ -144,6 +149,10 @@ class GuardedHTTPServer(HTTPServer):
         self.trusted_proxies = tuple(trusted_proxies)
         self._emfile_log = _LogEvery()
         self._cap_log = _LogEvery()
+        # Connections waiting for a request header (new, half-sent, or idle keep-alive),
+        # oldest first: at the cap, the oldest of them makes room for a new connection,
+        # so half-open connections cannot lock everyone else out.
+        self._waiting: dict[Any, None] = {}
 
     # --- accepting ---------------------------------------------------------------
     def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
@@ -179,8 +188,9 @@ class GuardedHTTPServer(HTTPServer):
                         return
                     raise
                 if self.max_connections and len(self._connections) >= self.max_connections:
-                    self._refuse(connection)
-                    continue
+                    if not self._evict_waiting():
+                        self._refuse(connection)
+                        continue
                 self._handle_connection(connection, address)
 
         def remove() -> None:
@@ -198,6 +208,23 @@ class GuardedHTTPServer(HTTPServer):
                       "last %.0f s); raise the open-file limit or lower WEBMACS_MAX_CONNECTIONS",
                       exc.strerror or exc, len(self._connections), suppressed, LOG_INTERVAL)
 
+    def _evict_waiting(self) -> bool:
+        while self._waiting:
+            conn = next(iter(self._waiting))
+            del self._waiting[conn]
+            stream = getattr(conn, "stream", None)
+            if stream is not None and not stream.closed():
+                stream.close()
+                self._note_cap("closing the longest-waiting connection without a request")
+                return True
+        return False
+
+    def _note_cap(self, action: str) -> None:
+        suppressed = self._cap_log.due()
+        if suppressed is not None:
+            log.warning("connection cap reached (WEBMACS_MAX_CONNECTIONS=%d): %s (%d more in the last %.0f s)",
+                        self.max_connections, action, suppressed, LOG_INTERVAL)
+
     def _refuse(self, connection: socket.socket) -> None:
         try:
             connection.setblocking(False)
@@ -207,17 +234,28 @@ class GuardedHTTPServer(HTTPServer):
         except OSError:
             pass
         connection.close()
-        suppressed = self._cap_log.due()
-        if suppressed is not None:
-            log.warning("connection cap reached (WEBMACS_MAX_CONNECTIONS=%d): refusing new connections "
-                        "(%d more in the last %.0f s)", self.max_connections, suppressed, LOG_INTERVAL)
+        self._note_cap("refusing new connections")
 
     # --- requests ------------------------------------------------------------------
+    def handle_stream(self, stream, address) -> None:
+        # HTTPServer.handle_stream, plus: a new connection waits for its header from now
+        # (its request loop only starts on the next IOLoop turn).
+        context = _HTTPRequestContext(stream, address, self.protocol, self.trusted_downstream)
+        conn = HTTP1ServerConnection(stream, self.conn_params, context)
+        self._connections.add(conn)
+        self._waiting[conn] = None
+        conn.start_serving(self)
+
     def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection):
         delegate = super().start_request(server_conn, request_conn)
-        if self.trusted_proxies:
-            delegate = _TrustedProxyAdapter(delegate, request_conn, self.trusted_proxies)
-        return delegate
+        self._waiting.pop(server_conn, None)
+        self._waiting[server_conn] = None  # waiting for this request's header, from now
+        return _TrustedProxyAdapter(delegate, request_conn, self.trusted_proxies,
+                                    lambda: self._waiting.pop(server_conn, None))
+
+    def on_close(self, server_conn: object) -> None:
+        self._waiting.pop(server_conn, None)
+        super().on_close(server_conn)
 
 
 # --- logging -----------------------------------------------------------------------------
