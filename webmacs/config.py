@@ -86,9 +86,10 @@ class Settings:
     webhook_retry_base: float = 2.0
     # WEBMACS_SENSOR_READING_THROTTLE: seconds between sensor.reading webhooks per event.
     sensor_reading_throttle: float = 5.0
-    # WEBMACS_MAX_CONNECTIONS: open HTTP/WebSocket connections at most; one beyond
-    # it is answered 503 and closed at once. Keep it below the process's open-file
-    # limit (`ulimit -n`) minus the database pool and a margin.
+    # WEBMACS_MAX_CONNECTIONS: open HTTP connections at most (WebSockets, once
+    # upgraded, do not count). At the cap the connection waiting longest for a request
+    # header is closed to make room; when none is waiting, the new one gets 503. Keep it
+    # below the open-file limit (`ulimit -n`) minus the DB pool, WebSockets and a margin.
     max_connections: int = 800
     # WEBMACS_HTTP_HEADER_TIMEOUT: seconds a connection may take to send a complete
     # request header, counted from the connection's start or the end of its previous

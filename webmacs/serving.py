@@ -34,6 +34,9 @@ log = logging.getLogger("webmacs.http")
 # How long the listening socket rests after accept() ran out of descriptors:
 # long enough not to spin, short enough that a freed descriptor is used soon.
 ACCEPT_PAUSE = 0.1
+# Connections accepted per wake-up of the listening socket (tornado: 128). Small, so a
+# connection flood is served in short bursts between other callbacks (acks).
+ACCEPT_BATCH = 16
 # At most one "out of file descriptors" / "connection cap" line per this many seconds.
 LOG_INTERVAL = 10.0
 
@@ -170,7 +173,7 @@ class GuardedHTTPServer(HTTPServer):
                 io_loop.add_handler(sock, on_readable, IOLoop.READ)
 
         def on_readable(fd, events) -> None:
-            for _ in range(128):  # bounded, like tornado's loop: let other callbacks run
+            for _ in range(ACCEPT_BATCH):  # bounded: let other callbacks (acks) run between bursts
                 if state["removed"]:
                     return
                 try:
