@@ -27,13 +27,12 @@ class HealthProbe:
         self._running: asyncio.Future | None = None
 
     def _engine_for_probe(self):
+        if not self.db.is_postgres:
+            return self.db.engine  # SQLite: no server to hang; its own thread is enough
         if self._engine is None:
-            if self.db.is_postgres:
-                self._engine = create_engine(
-                    self.db.engine.url, pool_size=1, max_overflow=0, pool_pre_ping=False, pool_recycle=600,
-                    connect_args={"connect_timeout": max(1, int(self.timeout)), "application_name": "webmacs-health"})
-            else:
-                self._engine = self.db.engine
+            self._engine = create_engine(
+                self.db.engine.url, pool_size=1, max_overflow=0, pool_pre_ping=False, pool_recycle=600,
+                connect_args={"connect_timeout": max(1, int(self.timeout)), "application_name": "webmacs-health"})
         return self._engine
 
     def _ping(self) -> bool:
@@ -42,7 +41,7 @@ class HealthProbe:
                 conn.execute(text("SELECT 1"))
             return True
         except Exception:  # noqa: BLE001 - any failure means "not reachable"
-            if self._engine is not None and self._engine is not self.db.engine:
+            if self._engine is not None:
                 self._engine.dispose()
             return False
 
@@ -58,5 +57,5 @@ class HealthProbe:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
-        if self._engine is not None and self._engine is not self.db.engine:
+        if self._engine is not None:
             self._engine.dispose()
