@@ -57,7 +57,7 @@ async def test_deep_nesting_is_a_400_not_a_500(server):
     for path, n in (("/api/v1/auth/login", 60_000), ("/api/v1/events", 60_000), ("/api/v1/datapoints/batch", 100_000)):
         resp = await server.request("POST", path, raw=b"[" * n)
         assert resp.code == 400, (path, resp)
-        assert "nested deeper" in resp.json["detail"]
+        assert "nested" in resp.json["detail"]
     deep = b'{"name": "x", "type": "sensor", "unit": "C", "meta": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5001
     resp = await server.request("POST", "/api/v1/events", raw=deep)
     assert resp.code == 400, resp

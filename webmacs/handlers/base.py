@@ -119,6 +119,10 @@ class BaseHandler(RequestHandler):
 
     principal: Principal | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY
+    # Deeper JSON is refused before parsing (a scan about as costly as the parse); None
+    # skips the scan where nothing walks the body recursively (too deep for the
+    # parser itself is still a 400).
+    max_json_depth: int | None = MAX_JSON_DEPTH
     # False for probes (/health); see also RATE_LIMIT_EXEMPT below.
     rate_limited: bool = True
     _body_chunks: list | None = None
@@ -228,12 +232,13 @@ class BaseHandler(RequestHandler):
         raw = self.body
         if not raw:
             raise ApiError(400, "Request body must be JSON.")
-        if json_depth_exceeds(raw):
-            raise ApiError(400, f"Invalid JSON body: nested deeper than {MAX_JSON_DEPTH} levels.")
+        depth = self.max_json_depth
+        if depth is not None and json_depth_exceeds(raw, depth):
+            raise ApiError(400, f"Invalid JSON body: nested deeper than {depth} levels.")
         try:
             value = json.loads(raw)
         except RecursionError:
-            raise ApiError(400, f"Invalid JSON body: nested deeper than {MAX_JSON_DEPTH} levels.") from None
+            raise ApiError(400, "Invalid JSON body: nested too deeply.") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"Invalid JSON body: {exc}") from None
         if _SUSPECT_ESCAPE.search(raw):
