@@ -102,6 +102,8 @@ async def test_lone_surrogates_and_nul_are_4xx(server):
     assert resp.code == 404, resp
     resp = await server.request("GET", "/static/app.js%00.png", token=None)
     assert resp.code == 404, resp
+    resp = await server.request("GET", "/api/v1/datapoints?event_public_id=a%00b")
+    assert resp.code == 400 and resp.json["detail"].startswith("event_public_id:"), resp
 
 
 # --- bodies (item 3) ---------------------------------------------------------------------

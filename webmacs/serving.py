@@ -28,6 +28,7 @@ from tornado import httputil, netutil
 from tornado.http1connection import HTTP1ServerConnection
 from tornado.httpserver import HTTPServer, _HTTPRequestContext
 from tornado.ioloop import IOLoop
+from tornado.web import HTTPError, StaticFileHandler
 
 log = logging.getLogger("webmacs.http")
 
@@ -334,8 +335,6 @@ def install_log_filters() -> None:
 
 
 # --- static files ------------------------------------------------------------------------
-
-from tornado.web import HTTPError, StaticFileHandler  # noqa: E402
 
 
 class SafeStaticFileHandler(StaticFileHandler):

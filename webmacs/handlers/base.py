@@ -185,6 +185,9 @@ class BaseHandler(RequestHandler):
         """Before the body is read: NUL in the path, body size, rate limit."""
         if any("\x00" in arg for arg in self.path_args):  # %00: PostgreSQL text cannot hold it
             raise ApiError(404, "Not Found")
+        for name, values in self.request.query_arguments.items():
+            if any(b"\x00" in v for v in values):
+                raise ApiError(400, f"{name}: must not contain NUL characters")
         limit = self.max_body_bytes
         self.request.connection.set_max_body_size(limit)  # chunked bodies too
         length = self.request.headers.get("Content-Length")
