@@ -83,7 +83,7 @@ def pg_url() -> str:
         conn.execute(text("SELECT pg_advisory_lock(7245001)"))
         try:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-            conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+            clone_database(conn, name, template)
         finally:
             conn.execute(text("SELECT pg_advisory_unlock(7245001)"))
     url = f"{prefix}/{name}"
@@ -91,6 +91,20 @@ def pg_url() -> str:
     yield url
     drop_database(admin, name)
     admin.dispose()
+
+
+def clone_database(conn, name: str, template: str) -> None:
+    """CREATE DATABASE ... TEMPLATE, retried while TimescaleDB's background scheduler
+    (a superuser process we may not end) is briefly connected to the template."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+            return
+        except OperationalError as exc:
+            if "is being accessed by other users" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
 
 
 def drop_database(admin, name: str) -> None:

@@ -406,13 +406,13 @@ def fresh_pg_db():
     name = f"{template}_mig_{os.getpid()}"
     admin = create_engine(f"{prefix}/postgres".replace("postgresql://", "postgresql+psycopg2://", 1),
                           isolation_level="AUTOCOMMIT")
-    from tests.conftest import drop_database
+    from tests.conftest import clone_database, drop_database
 
     with admin.connect() as conn:
         conn.execute(text("SELECT pg_advisory_lock(7245001)"))
         try:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-            conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+            clone_database(conn, name, template)
         finally:
             conn.execute(text("SELECT pg_advisory_unlock(7245001)"))
     yield f"{prefix}/{name}"
