@@ -77,7 +77,7 @@ def test_serve_refuses_unmigrated_postgres(pg_url, tmp_path):
         conn.execute(text(f'DROP DATABASE IF EXISTS "{fresh}"'))
         conn.execute(text(f'CREATE DATABASE "{fresh}"'))
     try:
-        proc = _run(["serve", "--port", "0"], {"WEBMACS_DATABASE_URL": f"{prefix}/{fresh}"}, tmp_path)
+        proc = _run(["serve", "--port", "65000"], {"WEBMACS_DATABASE_URL": f"{prefix}/{fresh}"}, tmp_path)
         assert proc.returncode == 2
         assert "run `webmacs migrate`" in proc.stderr and "Traceback" not in proc.stderr
     finally:
@@ -95,7 +95,7 @@ def test_serve_refuses_unmigrated_postgres(pg_url, tmp_path):
      "WEBMACS_INITIAL_ADMIN_EMAIL"),
 ])
 def test_invalid_settings_one_clear_line(tmp_path, env, fragment):
-    proc = _run(["serve", "--port", "0"], env, tmp_path)
+    proc = _run(["serve", "--port", "65000"], env, tmp_path)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in proc.stderr

@@ -116,3 +116,12 @@ def ensure_initial_admin(session: Session, email: str | None, username: str, pas
     return True
 
 
+def warn_if_no_users(db) -> bool:
+    """Log loudly when nobody can log in (no user, no initial admin configured)."""
+    with db.Session() as session:
+        if session.execute(select(User.id).limit(1)).first() is not None:
+            return False
+    log.warning("NO USER EXISTS and WEBMACS_INITIAL_ADMIN_EMAIL/WEBMACS_INITIAL_ADMIN_PASSWORD are not set: "
+                "nobody can log in. Create an admin with: "
+                "webmacs create-user --role admin --email <email> --username <name>")
+    return True

@@ -22,6 +22,7 @@ from webmacs import STATIC_DIR
 from webmacs.broadcast import CONTROLLER
 from webmacs.config import Settings
 from webmacs.handlers import collect_handlers
+from webmacs.serving import GuardedHTTPServer, SafeStaticFileHandler, _LogEvery, install_log_filters, parse_networks
 from webmacs.services import Services
 
 log = logging.getLogger("webmacs")
@@ -48,16 +49,27 @@ _TOKEN_IN_QUERY = re.compile(r"((?:token|[?&]code|[?&]state)=)[^&\s]+")
 access_log = logging.getLogger("tornado.access")
 
 
+_client_errors: dict[int, object] = {}
+
+
 def log_request(handler) -> None:
-    """Tornado's access log line, with ``?token=``, ``code=`` and ``state=`` redacted (WebSocket URLs carry JWTs)."""
+    """Tornado's access log line, with ``?token=``, ``code=`` and ``state=`` redacted (WebSocket URLs carry JWTs).
+    Client errors (4xx) are logged once per status per 10 s with a count: a flood of bad
+    requests must not become a flood of log lines."""
     status = handler.get_status()
     level = logging.INFO if status < 400 else (logging.WARNING if status < 500 else logging.ERROR)
     if not access_log.isEnabledFor(level):
         return
+    more = ""
+    if 400 <= status < 500:
+        suppressed = _client_errors.setdefault(status, _LogEvery()).due()
+        if suppressed is None:
+            return
+        more = f" (and {suppressed} more {status}s in the last 10 s)" if suppressed else ""
     req = handler.request
     uri = _TOKEN_IN_QUERY.sub(r"\1***", req.uri)
-    access_log.log(level, "%d %s %s (%s) %.2fms", status, req.method, uri, req.remote_ip,
-                   1000.0 * req.request_time())
+    access_log.log(level, "%d %s %s (%s) %.2fms%s", status, req.method, uri, req.remote_ip,
+                   1000.0 * req.request_time(), more)
 
 
 def make_app(services: Services) -> Application:
@@ -65,6 +77,7 @@ def make_app(services: Services) -> Application:
         collect_handlers(),
         webmacs=services,
         static_path=str(STATIC_DIR),
+        static_handler_class=SafeStaticFileHandler,
         static_url_prefix="/static/",
         websocket_max_message_size=WEBSOCKET_MAX_MESSAGE_SIZE,
         websocket_ping_interval=WEBSOCKET_PING_INTERVAL,
@@ -105,11 +118,20 @@ async def shutdown(server: HTTPServer, services: Services) -> None:
 
 
 async def run_server(config: Settings, host: str, port: int) -> None:
+    install_log_filters()
     services = Services(config)
     services.prepare_database()
     await services.start()
     app = make_app(services)
-    server = HTTPServer(app, xheaders=True, max_body_size=16 * 1024 * 1024)
+    server = GuardedHTTPServer(
+        app,
+        idle_connection_timeout=config.http_header_timeout,  # tornado: also the header timeout
+        body_timeout=config.http_body_timeout,
+        # Routes check their own (smaller) limit before reading; this bounds the rest.
+        max_body_size=256 * 1024,
+        max_connections=config.max_connections,
+        trusted_proxies=parse_networks(config.trusted_proxies, "WEBMACS_TRUSTED_PROXIES"),
+    )
     server.listen(port, host)
     log.info("webmacs listening on http://%s:%d (database: %s)", host, port,
              "sqlite" if config.is_sqlite else ("timescaledb" if services.db.has_timescale else "postgresql"))

@@ -14,10 +14,28 @@ import threading
 import time
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 def _setup_logging() -> None:
-    level = os.environ.get("WEBMACS_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(level=getattr(logging, level, logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from webmacs.config import ConfigError
+
+    level = (os.environ.get("WEBMACS_LOG_LEVEL") or "INFO").strip().upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"WEBMACS_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {level.lower()!r}")
+    logging.basicConfig(level=getattr(logging, level), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _port(raw: str) -> int:
+    from webmacs.config import ConfigError
+
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ConfigError(f"--port must be an integer, got {raw!r}") from None
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port must be between 1 and 65535, got {port}")
+    return port
 
 
 def _fail(message: str) -> int:
@@ -29,8 +47,9 @@ def cmd_serve(args) -> int:
     from webmacs.app import run_server
     from webmacs.config import Settings
 
+    port = _port(args.port)
     config = Settings.from_env()
-    asyncio.run(run_server(config, args.host, args.port))
+    asyncio.run(run_server(config, args.host, port))
     # Everything acknowledged is committed by now. A database call that still hangs
     # (database unreachable) must not hold the exit past the shutdown bound: the
     # interpreter would join its thread. Leave without waiting for it.
@@ -165,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "with `webmacs migrate`. SIGTERM stops it gracefully."),
         epilog="environment (all optional):\n" + _settings_help() + "\n" + LOG_HELP)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    serve.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
+    serve.add_argument("--port", default="8000", help="TCP port to listen on (1-65535)")
     serve.set_defaults(fn=cmd_serve)
 
     migrate = sub.add_parser(
@@ -207,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     from webmacs.config import ConfigError
 
     args = build_parser().parse_args(argv)
-    _setup_logging()
     try:
+        _setup_logging()
         return args.fn(args)
     except ConfigError as exc:
         return _fail(str(exc))

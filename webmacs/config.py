@@ -132,6 +132,36 @@ class Settings:
     # WEBMACS_OTA_MAX_FILE_MB: largest firmware file an upload may send (1..102400 MB);
     # bigger uploads are refused with 413.
     ota_max_file_mb: int = 512
+    # WEBMACS_MAX_CONNECTIONS: open HTTP connections at most (WebSockets, once
+    # upgraded, do not count). At the cap the connection waiting longest for a request
+    # header is closed to make room; when none is waiting, the new one gets 503. Keep it
+    # below the open-file limit (`ulimit -n`) minus the DB pool, WebSockets and a margin.
+    max_connections: int = 800
+    # WEBMACS_HTTP_HEADER_TIMEOUT: seconds a connection may take to send a complete
+    # request header, counted from the connection's start or the end of its previous
+    # request (so it is also the keep-alive idle timeout). Half-sent headers are closed.
+    http_header_timeout: float = 10.0
+    # WEBMACS_HTTP_BODY_TIMEOUT: seconds to receive a request body once its header is in.
+    http_body_timeout: float = 60.0
+    # WEBMACS_TRUSTED_PROXIES: comma-separated addresses/CIDR networks whose
+    # X-Real-IP / X-Forwarded-For / X-Forwarded-Proto headers are believed. From any
+    # other peer they are ignored. Default: loopback.
+    trusted_proxies: str = "127.0.0.1/32,::1/128"
+    # WEBMACS_RATE_LIMIT: requests per minute per client address (REST API; /ws/*,
+    # /health, /api/v1/ota/* and POST /api/v1/datapoints are exempt); 0 disables.
+    rate_limit: int = 300
+    # WEBMACS_RATE_LIMIT_EXEMPT: client networks the per-address limit does not
+    # apply to (the login failure limit below still does). Default: loopback and
+    # the private ranges Docker uses.
+    rate_limit_exempt: str = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16"
+    # WEBMACS_LOGIN_MAX_FAILURES: failed logins per account within
+    # WEBMACS_LOGIN_FAILURE_WINDOW seconds before further attempts for that account
+    # get 429 (from any address); 0 disables.
+    login_max_failures: int = 10
+    login_failure_window: float = 900.0
+    # WEBMACS_PASSWORD_HASH_WORKERS: threads that hash and verify passwords
+    # (Argon2, ~50 ms of CPU each), apart from the database threads.
+    password_hash_workers: int = 1
     extra: dict = field(default_factory=dict)
 
     @property
@@ -174,12 +204,24 @@ class Settings:
         s.plugin_max_upload_mb = _int(env, "WEBMACS_PLUGIN_MAX_UPLOAD_MB", s.plugin_max_upload_mb, 1, 1024)
         s.ota_storage_dir = (env.get("WEBMACS_OTA_STORAGE_DIR") or "").strip() or _data_dir(s.database_url, "ota")
         s.ota_max_file_mb = _int(env, "WEBMACS_OTA_MAX_FILE_MB", s.ota_max_file_mb, 1, 102400)
+        s.max_connections = _int(env, "WEBMACS_MAX_CONNECTIONS", s.max_connections, 1, 1_000_000)
+        s.http_header_timeout = _float(env, "WEBMACS_HTTP_HEADER_TIMEOUT", s.http_header_timeout, 0.1, 3600)
+        s.http_body_timeout = _float(env, "WEBMACS_HTTP_BODY_TIMEOUT", s.http_body_timeout, 0.1, 3600)
+        s.trusted_proxies = _networks(env, "WEBMACS_TRUSTED_PROXIES", s.trusted_proxies)
+        s.rate_limit = _int(env, "WEBMACS_RATE_LIMIT", s.rate_limit, 0, 1_000_000)
+        s.rate_limit_exempt = _networks(env, "WEBMACS_RATE_LIMIT_EXEMPT", s.rate_limit_exempt)
+        s.login_max_failures = _int(env, "WEBMACS_LOGIN_MAX_FAILURES", s.login_max_failures, 0, 1_000_000)
+        s.login_failure_window = _float(env, "WEBMACS_LOGIN_FAILURE_WINDOW", s.login_failure_window, 1, 86400)
+        s.password_hash_workers = _int(env, "WEBMACS_PASSWORD_HASH_WORKERS", s.password_hash_workers, 1, 16)
         key = env.get("WEBMACS_SECRET_KEY") or ""
         if s.env == "production":
             if len(key.encode()) < 32:
                 raise ConfigError(
                     "WEBMACS_SECRET_KEY must be set to at least 32 bytes when WEBMACS_ENV=production"
                 )
+            if _is_placeholder(key):
+                raise ConfigError("WEBMACS_SECRET_KEY is the example placeholder: generate one with "
+                                  "python3 -c 'import secrets; print(secrets.token_urlsafe(64))'")
         elif not key:
             key = _persistent_dev_key(s.database_url)
         s.secret_key = key
@@ -252,6 +294,25 @@ def _data_dir(database_url: str, name: str) -> str:
     if database_url.startswith("sqlite:///") and database_url != "sqlite:///:memory:":
         return str(Path(database_url[len("sqlite:///"):]).expanduser().resolve().parent / name)
     return str(Path("webmacs-data", name).resolve())
+def _networks(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name)
+    raw = default if raw is None else raw
+    from webmacs.serving import parse_networks
+
+    try:
+        parse_networks(raw, name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return raw
+
+
+# Secrets published in examples and docs (ours and the WebMACS compose file's).
+PLACEHOLDER_SECRETS = ("change-me", "changeme", "replace-me", "your-secret", "secret-key", "example")
+
+
+def _is_placeholder(key: str) -> bool:
+    low = key.lower()
+    return any(p in low for p in PLACEHOLDER_SECRETS) or len(set(key)) < 8
 
 
 def _persistent_dev_key(database_url: str) -> str:

@@ -86,8 +86,14 @@ def alembic_config(url: str):
     return cfg
 
 
+# pg_advisory_lock key held while migrating: concurrent `webmacs migrate` runs take
+# turns (the second finds the schema at head and does nothing).
+MIGRATION_LOCK_KEY = 0x7765626D  # "webm"
+
+
 def upgrade(url: str, chunk_interval_hours: int = 24) -> None:
-    """`alembic upgrade head` on ``url``; nothing (and no log line) when already at head."""
+    """`alembic upgrade head` on ``url`` (on PostgreSQL under an advisory lock, so two
+    concurrent runs take turns); nothing, and no log line, when already at head."""
     from alembic import command
 
     engine = make_engine(url, 1)
@@ -101,7 +107,19 @@ def upgrade(url: str, chunk_interval_hours: int = 24) -> None:
     log.info("upgrading database schema from %s to %s", current or "nothing", head)
     cfg = alembic_config(url)
     cfg.attributes["chunk_interval_hours"] = chunk_interval_hours
-    command.upgrade(cfg, "head")
+    if not url.startswith("postgresql"):
+        command.upgrade(cfg, "head")
+        return
+    engine = make_engine(url, 1)
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+            try:
+                command.upgrade(cfg, "head")
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
+    finally:
+        engine.dispose()
 
 
 def head_revision() -> str:

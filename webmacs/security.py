@@ -9,9 +9,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -22,7 +25,11 @@ from argon2.exceptions import InvalidHashError, VerificationError
 ALGORITHM = "HS256"
 API_TOKEN_PREFIX = "wm_"
 
-_hasher = PasswordHasher()
+# OWASP's Argon2id baseline (19 MiB, 2 passes, 1 lane) rather than argon2-cffi's default
+# (64 MiB, 3 passes, 4 lanes): a login costs a quarter of the CPU and memory, so a login
+# flood cannot take the memory or the cores ingest needs. Older hashes still verify with
+# their own parameters and are rehashed at the next successful login (needs_rehash).
+_hasher = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
 # A real hash of a random password: verifying against it when the user does not
 # exist keeps login timing the same for unknown emails.
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
@@ -32,11 +39,60 @@ def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
 
+def needs_rehash(password_hash: str) -> bool:
+    try:
+        return _hasher.check_needs_rehash(password_hash)
+    except InvalidHashError:
+        return False
+
+
 def verify_password(password_hash: str | None, password: str) -> bool:
     try:
         return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
     except (VerificationError, InvalidHashError):
         return False
+
+
+class HashBusy(Exception):
+    """Too many password checks are waiting already."""
+
+
+class PasswordHasherPool:
+    """Argon2 on threads of its own: never on the IOLoop, never holding a pooled
+    database connection, and never more than ``workers`` at once (each costs ~50 ms
+    of CPU and 64 MiB). At most ``max_waiting`` calls queue; more raise HashBusy."""
+
+    def __init__(self, workers: int = 1, max_waiting: int = 32) -> None:
+        self.workers = workers
+        self.max_waiting = max_waiting
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self.pending = 0
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="webmacs-hash")
+            return self._executor
+
+    async def _run(self, fn, *args):
+        if self.pending >= self.max_waiting:
+            raise HashBusy()
+        self.pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool(), fn, *args)
+        finally:
+            self.pending -= 1
+
+    async def hash(self, password: str) -> str:
+        return await self._run(hash_password, password)
+
+    async def verify(self, password_hash: str | None, password: str) -> bool:
+        return await self._run(verify_password, password_hash, password)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,10 @@ from webmacs.broadcast import ConnectionManager
 from webmacs.cache import LINKAGE, RULES, WEBHOOKS, CachedView, Changes
 from webmacs.config import ConfigError, Settings
 from webmacs.db import Database, current_revision, head_revision, upgrade
+from webmacs.health import HealthProbe
 from webmacs.ingest import IngestPipeline
 from webmacs.models import IngestBatch, WebhookDelivery
+from webmacs.ratelimit import Guards
 from webmacs.rules import RuleEngine, server_log
 from webmacs.storage import datapoints
 from webmacs.storage.linkage import load_linkage
@@ -55,6 +57,8 @@ class Services:
         self.linkage = CachedView("linkage", self.db.session, load_linkage)
         self.pipeline = IngestPipeline(self.db, self.linkage)
         self.sso = OidcClient(config) if config.oidc_enabled else None  # single sign-on, when configured
+        self.guards = Guards(config)  # request and login rate limits, the password hasher
+        self.health = HealthProbe(self.db)  # /health's own database check
         # Consumers of committed batches, in this order.
         self.pipeline.add_listener(self.webhooks.sensor_readings)
         self.pipeline.add_listener(self.rules.evaluate)
@@ -92,6 +96,7 @@ class Services:
                                           cfg.initial_admin_password)
             session.commit()
             self.pipeline.last_time = datapoints.newest_time(session)
+        accounts.warn_if_no_users(self.db)
 
     async def start(self) -> None:
         """The I/O of starting, in order; :meth:`stop` undoes it in reverse."""
@@ -120,6 +125,7 @@ class Services:
         await server_log(self.db, "Server stopped", "info")
         await self.webhooks.stop()
         self.changes.close()
+        self.health.close()
 
     # --- in-flight telemetry ---------------------------------------------------------------
     @contextmanager
@@ -151,7 +157,7 @@ class Services:
 
     # --- background work -----------------------------------------------------------------
     async def _check_health(self) -> None:
-        self.note_health(await self.db.run(self.db.ping))
+        self.note_health(await self.health.check())
 
     async def _housekeeping(self) -> None:
         def prune(session):

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterable
 
 _MISSING = object()
+INT64_MAX = 2**63 - 1
 
 
 class ValidationError(Exception):
@@ -45,6 +46,10 @@ class Str(Field):
             raise ValidationError(name, "must be a string")
         if "\x00" in value:  # PostgreSQL text cannot hold NUL (psycopg2 raises ValueError: a 500)
             raise ValidationError(name, "must not contain NUL characters")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800"): not storable text
+            raise ValidationError(name, "must not contain unpaired UTF-16 surrogates") from None
         if self.strip:
             value = value.strip()
         if self.choices is not None and value not in self.choices:
@@ -76,7 +81,10 @@ class Num(Field):
     def clean(self, name, value):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValidationError(name, "must be a number")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond float range (hundreds of digits)
+            raise ValidationError(name, "must be a finite number") from None
         if not math.isfinite(value):
             raise ValidationError(name, "must be a finite number")
         if self.lo is not None and value < self.lo:
@@ -97,6 +105,8 @@ class Int(Field):
                 value = int(value)
             else:
                 raise ValidationError(name, "must be an integer")
+        if not -INT64_MAX <= value <= INT64_MAX:  # the database's BIGINT; beyond it a 500
+            raise ValidationError(name, "must be a 64-bit integer")
         if self.lo is not None and value < self.lo:
             raise ValidationError(name, f"must be >= {self.lo}")
         if self.hi is not None and value > self.hi:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from webmacs import __version__
 from webmacs.accounts import TOKEN_REVOKED, USER_NOT_FOUND, end_sessions, revoke
-from webmacs.handlers.base import ApiError, BaseHandler, authenticated, get_or_404, paginate
+from webmacs.handlers.base import ApiError, BaseHandler, authenticated, get_or_404, paginate, too_many
 from webmacs.models import ROLES, ApiToken, User, utcnow
-from webmacs.security import create_jwt, hash_password, new_api_token, verify_password
+from webmacs.security import HashBusy, create_jwt, needs_rehash, new_api_token
 from webmacs.timefmt import api as iso
 from webmacs.validation import Bool, DateTimeField, Email, Str
 
@@ -52,28 +52,56 @@ def token_dict(token: ApiToken, user_public_id: str) -> dict:
 
 
 class LoginHandler(BaseHandler):
+    """Load the user in one short session, verify the password on the hash pool (no
+    database connection held meanwhile), then issue the token. Failed logins are
+    limited per account (any address); requests per address by BaseHandler."""
+
     async def post(self) -> None:
         body = self.validated(LOGIN_SPEC)
+        guards = self.services.guards
+        email = body["email"]
+        wait = guards.logins.blocked_for(email)
+        if wait:
+            raise too_many("Too many failed logins for this account, try again later.", wait)
 
-        def check(session):
-            user = session.execute(select(User).where(User.email == body["email"])).scalar_one_or_none()
-            ok = verify_password(user.password_hash if user else None, body["password"])
-            return user if ok or (user is not None and user.password_hash is None) else None
+        def load(session):
+            row = session.execute(select(User.public_id, User.username, User.password_hash)
+                                  .where(User.email == email)).first()
+            return tuple(row) if row is not None else None
 
-        user = await self.db.session(check)
-        if user is None:
+        user = await self.db.session(load)
+        try:
+            ok = await guards.hasher.verify(user[2] if user else None, body["password"])
+        except HashBusy:
+            raise ApiError(503, "Too many logins in progress, retry.", {"Retry-After": "1"}) from None
+        if not ok:
+            if user is not None and user[2] is None:  # created by single sign-on: no password to check
+                raise ApiError(401, NO_PASSWORD)
+            guards.logins.failed(email)
             raise ApiError(401, "Invalid email or password.")
-        if user.password_hash is None:  # created by single sign-on
-            raise ApiError(401, NO_PASSWORD)
-        token, _claims = create_jwt(self.config.secret_key, user.public_id, self.config.token_ttl_minutes)
+        guards.logins.succeeded(email)
+        public_id, username, old_hash = user
+        if needs_rehash(old_hash):  # made with older parameters: store a current hash
+            new_hash = await _hash(self, body["password"])
+            await self.db.session(lambda s: s.execute(
+                update(User).where(User.public_id == public_id, User.password_hash == old_hash)
+                .values(password_hash=new_hash)))
+        token, _claims = create_jwt(self.config.secret_key, public_id, self.config.token_ttl_minutes)
         self.send({
             "status": "success",
             "message": "Successfully logged in.",
             "access_token": token,
             "token_type": "bearer",
-            "public_id": user.public_id,
-            "username": user.username,
+            "public_id": public_id,
+            "username": username,
         })
+
+
+async def _hash(handler: BaseHandler, password: str) -> str:
+    try:
+        return await handler.services.guards.hasher.hash(password)
+    except HashBusy:
+        raise ApiError(503, "Server busy hashing passwords, retry.", {"Retry-After": "1"}) from None
 
 
 class LogoutHandler(BaseHandler):
@@ -113,7 +141,7 @@ class UsersHandler(BaseHandler):
     @authenticated("admin")
     async def post(self) -> None:
         body = self.validated(USER_SPEC)
-        password_hash = await self.db.run(hash_password, body["password"])
+        password_hash = await _hash(self, body["password"])
 
         def create(session):
             user = User(email=body["email"], username=body["username"], password_hash=password_hash,
@@ -136,7 +164,7 @@ class UserHandler(BaseHandler):
     @authenticated("admin")
     async def put(self, public_id: str) -> None:
         body = self.validated(USER_SPEC, partial=True)
-        password_hash = await self.db.run(hash_password, body["password"]) if "password" in body else None
+        password_hash = await _hash(self, body["password"]) if "password" in body else None
 
         def update(session):
             user = get_or_404(session, User, public_id, "User")
@@ -229,9 +257,11 @@ class TokenHandler(BaseHandler):
 
 
 class HealthHandler(BaseHandler):
+    rate_limited = False  # probes (security.md: /health is exempt)
+
     async def get(self) -> None:
         services = self.services
-        db_ok = await services.db.run(services.db.ping)
+        db_ok = await self.services.health.check()
         services.note_health(db_ok)
         self.send({
             "status": "ok" if db_ok else "degraded",
@@ -242,7 +272,23 @@ class HealthHandler(BaseHandler):
         })
 
 
+CREATE_ADMIN_COMMAND = "webmacs create-user --role admin --email <email> --username <name>"
+
+
+class LoginHintHandler(BaseHandler):
+    """For the login form: whether any user exists, and how to create the first one."""
+
+    async def get(self) -> None:
+        has_user = await self.db.session(lambda s: s.execute(select(User.id).limit(1)).first() is not None)
+        self.send({"users_exist": has_user,
+                   "message": None if has_user else "No user exists yet: create an admin with "
+                   f"`{CREATE_ADMIN_COMMAND}` (or set WEBMACS_INITIAL_ADMIN_EMAIL and "
+                   "WEBMACS_INITIAL_ADMIN_PASSWORD) and restart.",
+                   "command": None if has_user else CREATE_ADMIN_COMMAND})
+
+
 default_handlers = [
+    (r"/api/v1/auth/login-hint", LoginHintHandler),
     (r"/api/v1/auth/login", LoginHandler),
     (r"/api/v1/auth/logout", LogoutHandler),
     (r"/api/v1/auth/me", MeHandler),

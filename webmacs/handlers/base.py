@@ -16,16 +16,20 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import operator
+import re
+from itertools import accumulate, repeat
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import aliased
-from tornado.web import HTTPError, RequestHandler
+from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from webmacs.accounts import AuthError, Principal, authenticate
 from webmacs.jsoncodec import dumps
 from webmacs.models import User
+from webmacs.ratelimit import retry_after
 from webmacs.validation import Field, ValidationError, validate
 
 if TYPE_CHECKING:  # typing only: webmacs.services never imports the handlers
@@ -41,17 +45,87 @@ ROLE_MESSAGES = {"admin": "Admin access required.", "operator": "Operator access
 
 
 class ApiError(HTTPError):
-    """An error with a client-facing ``detail`` message."""
+    """An error with a client-facing ``detail`` message (and headers to send with it)."""
 
-    def __init__(self, status_code: int, detail: str):
+    def __init__(self, status_code: int, detail: str, headers: dict[str, str] | None = None):
         super().__init__(status_code)
         self.detail = detail
+        self.headers = headers or {}
 
 
+def too_many(detail: str, seconds: float) -> ApiError:
+    return ApiError(429, detail, {"Retry-After": retry_after(seconds)})
+
+
+# Request bodies: the default limit of a REST route (login, resources); routes that
+# need more (batches, uploads) set ``max_body_bytes`` on their handler class.
+DEFAULT_MAX_BODY = 64 * 1024
+# JSON nested deeper than this is refused before parsing (the parser recurses).
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_BRACKET_STEP = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")
+# Escapes that decode to text PostgreSQL and UTF-8 cannot hold: NUL and UTF-16 surrogates.
+_SUSPECT_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+
+
+def json_depth_exceeds(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when arrays/objects nest deeper than ``limit`` (no recursion, C-speed scans)."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    steps = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS).translate(_BRACKET_STEP)
+    return max(accumulate(map(operator.sub, steps, repeat(1))), default=0) > limit
+
+
+def check_text(value: Any) -> str | None:
+    """The path of the first string (or key) holding NUL or a lone surrogate, else None."""
+    stack: list[tuple[str, Any]] = [("body", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, dict):
+            for k, v in item.items():
+                sub = k if path == "body" else f"{path}.{k}"
+                if _bad_text(k):
+                    return sub
+                stack.append((sub, v))
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in enumerate(item))
+        elif isinstance(item, str) and _bad_text(item):
+            return path
+    return None
+
+
+def _bad_text(s: str) -> bool:
+    if "\x00" in s:
+        return True
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+
+@stream_request_body
 class BaseHandler(RequestHandler):
+    """Bodies are streamed in (tornado's ``stream_request_body``) so that
+    :meth:`prepare` refuses an oversized one (413) from its ``Content-Length``
+    before any of it is read; up to ``max_body_bytes`` is buffered for
+    :meth:`json_body`. Upload handlers override ``max_body_bytes`` (and may
+    override ``data_received`` to stream to disk)."""
+
     principal: Principal | None = None
     # Topics (webmacs.cache) a successful commit() announces as changed.
     changes: tuple[str, ...] = ()
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    # Deeper JSON is refused before parsing (a scan about as costly as the parse); None
+    # skips the scan where nothing walks the body recursively (too deep for the
+    # parser itself is still a 400).
+    max_json_depth: int | None = MAX_JSON_DEPTH
+    # False for probes (/health); see also RATE_LIMIT_EXEMPT below.
+    rate_limited: bool = True
+    _body_chunks: list | None = None
+    _body_size = 0
 
     # --- dependencies -----------------------------------------------------
     @property
@@ -110,12 +184,18 @@ class BaseHandler(RequestHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, ApiError):
             detail = exc.detail
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
         elif isinstance(exc, (OperationalError, DBAPIError)) and not isinstance(exc, HTTPError):
             status_code = 503
             self.set_status(503)
             detail = "Database unavailable, try again later."
         elif status_code == 500:
             detail = "Internal server error."
+        if status_code == 401:
+            self.set_header("WWW-Authenticate", "Bearer")
+        if status_code == 413:
+            self.set_header("Connection", "close")  # the rest of the body is not read
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(dumps({"detail": detail}))
 
@@ -126,13 +206,72 @@ class BaseHandler(RequestHandler):
         super().log_exception(typ, value, tb)
 
     # --- requests -----------------------------------------------------------
+    def prepare(self) -> None:
+        """Before the body is read: NUL in the path, body size, rate limit."""
+        if any("\x00" in arg for arg in self.path_args):  # %00: PostgreSQL text cannot hold it
+            raise ApiError(404, "Not Found")
+        for name, values in self.request.query_arguments.items():
+            if any(b"\x00" in v for v in values):
+                raise ApiError(400, f"{name}: must not contain NUL characters")
+        limit = self.max_body_bytes
+        self.request.connection.set_max_body_size(limit)  # chunked bodies too
+        length = self.request.headers.get("Content-Length")
+        if length is not None:
+            try:
+                too_big = int(length) > limit
+            except ValueError:
+                raise ApiError(400, "Content-Length must be an integer.") from None
+            if too_big:
+                raise ApiError(413, f"Request body too large: at most {limit} bytes for this route.")
+        if self.rate_limited and not self._rate_exempt():
+            wait = self.services.guards.check_ip(self.request.remote_ip)
+            if wait:
+                raise too_many("Too many requests, slow down.", wait)
+
+    def _rate_exempt(self) -> bool:
+        path = self.request.path
+        return path.startswith("/api/v1/ota/") or (self.request.method == "POST" and path == "/api/v1/datapoints")
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._finished:
+            return
+        self._body_size += len(chunk)
+        if self._body_size > self.max_body_bytes:
+            self._body_chunks = None
+            return
+        if self._body_chunks is None:
+            self._body_chunks = []
+        self._body_chunks.append(chunk)
+
+    @property
+    def body(self) -> bytes:
+        """The request body (buffered by :meth:`data_received`)."""
+        if self._body_size > self.max_body_bytes:
+            raise ApiError(413, f"Request body too large: at most {self.max_body_bytes} bytes for this route.")
+        if self._body_chunks is None:
+            return self.request.body or b""
+        if len(self._body_chunks) > 1:
+            self._body_chunks = [b"".join(self._body_chunks)]
+        return self._body_chunks[0] if self._body_chunks else b""
+
     def json_body(self) -> Any:
-        if not self.request.body:
+        raw = self.body
+        if not raw:
             raise ApiError(400, "Request body must be JSON.")
+        depth = self.max_json_depth
+        if depth is not None and json_depth_exceeds(raw, depth):
+            raise ApiError(400, f"Invalid JSON body: nested deeper than {depth} levels.")
         try:
-            return json.loads(self.request.body)
+            value = json.loads(raw)
+        except RecursionError:
+            raise ApiError(400, "Invalid JSON body: nested too deeply.") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"Invalid JSON body: {exc}") from None
+        if _SUSPECT_ESCAPE.search(raw):
+            where = check_text(value)
+            if where is not None:
+                raise ApiError(422, f"{where}: must not contain NUL characters or unpaired UTF-16 surrogates")
+        return value
 
     def validated(self, spec: dict[str, Field], *, partial: bool = False) -> dict[str, Any]:
         body = self.json_body()
@@ -176,8 +315,7 @@ def authenticated(role: str = "viewer") -> Callable:
             try:
                 self.principal = await self.db.session(authenticate, self.config.secret_key, token)
             except AuthError as exc:
-                self.set_header("WWW-Authenticate", "Bearer")
-                raise ApiError(401, exc.reason) from None
+                raise ApiError(401, exc.reason, {"WWW-Authenticate": "Bearer"}) from None
             if not self.principal.has_role(role):
                 raise ApiError(403, ROLE_MESSAGES.get(role, "Insufficient permissions."))
             return await method(self, *args, **kwargs)

@@ -664,6 +664,20 @@
     $("login-password").value = "";
     $("login-submit").disabled = false;
     ($("login-email").value ? $("login-password") : $("login-email")).focus();
+    showLoginHint();
+  }
+
+  // No account exists yet: say how to create the first admin (GET /api/v1/auth/login-hint).
+  async function showLoginHint() {
+    const hint = $("login-hint");
+    try {
+      const resp = await fetch("/api/v1/auth/login-hint");
+      const body = resp.ok ? await resp.json() : null;
+      hint.textContent = body && !body.users_exist ? body.message : "";
+    } catch (err) {
+      hint.textContent = "";
+    }
+    hint.hidden = !hint.textContent;
   }
 
   function showDashboard() {
