@@ -108,6 +108,6 @@ def test_create_user_then_duplicate_is_one_clear_line(tmp_path):
 
 
 def test_a_bad_setting_is_one_line_naming_the_variable(tmp_path):
-    proc = run("serve", "--port", "0", cwd=tmp_path, env={"WEBMACS_DB_POOL_SIZE": "lots"})
+    proc = run("serve", "--port", "65000", cwd=tmp_path, env={"WEBMACS_DB_POOL_SIZE": "lots"})
     assert proc.returncode == 2
     assert proc.stderr.strip() == "webmacs: error: WEBMACS_DB_POOL_SIZE must be an integer, got 'lots'"

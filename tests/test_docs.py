@@ -133,7 +133,7 @@ async def test_quickstart_commands_give_a_live_reading(tmp_path):
         latest = json.loads(next(o for o in outputs if o.lstrip().startswith("[")))
         event = await shell.var("EVENT")
         (reading,) = [p for p in latest if p["event_public_id"] == event]
-        assert isinstance(reading["value"], float) and 10 < reading["value"] < 40  # the simulated temperature
+        assert isinstance(reading["value"], float) and 20 <= reading["value"] <= 500  # the reactor's range
         # the last block stops the controller: it flushes and says so
         await wait_for(lambda: "stopped: every reading acknowledged" in controller_log.read_text(), timeout=15,
                        message=f"controller to stop:\n{controller_log.read_text()}")

@@ -87,18 +87,18 @@ async def test_lone_surrogates_and_nul_are_4xx(server):
     assert resp.code == 422, resp
     assert resp.json["detail"].startswith("email:")
     resp = await server.request("POST", "/api/v1/events",
-                                raw=b'{"name": "ok\\udfff", "type": "sensor", "unit": "C"}')
+                                raw=b'{"name": "ok\\udfff", "type": "sensor", "unit": "C", "min_value": 0, "max_value": 1}')
     assert resp.code == 422 and resp.json["detail"].startswith("name:"), resp
     resp = await server.request("POST", "/api/v1/events",
-                                raw=b'{"name": "ok", "type": "sensor", "unit": "C", "x": {"y": "\\u0000"}}')
+                                raw=b'{"name": "ok", "type": "sensor", "unit": "C", "min_value": 0, "max_value": 1, "x": {"y": "\\u0000"}}')
     assert resp.code == 422 and resp.json["detail"].startswith("x.y:"), resp
     # A properly paired surrogate (an emoji) is fine.
     resp = await server.request("POST", "/api/v1/events",
-                                raw=b'{"name": "ok \\ud83d\\ude00", "type": "sensor", "unit": "C"}')
+                                raw=b'{"name": "ok \\ud83d\\ude00", "type": "sensor", "unit": "C", "min_value": 0, "max_value": 1}')
     assert resp.code == 201, resp
     plugin = await server.request("POST", "/api/v1/plugins", {"plugin_id": "simulated", "instance_name": "p"})
     assert plugin.code == 201, plugin
-    resp = await server.request("GET", f"/api/v1/plugins/{plugin.json['public_id']}/channels/ab%00cd")
+    resp = await server.request("GET", f"/api/v1/plugins/{plugin.json['data']['public_id']}/channels/ab%00cd")
     assert resp.code == 404, resp
     resp = await server.request("GET", "/static/app.js%00.png", token=None)
     assert resp.code == 404, resp

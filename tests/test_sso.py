@@ -250,7 +250,9 @@ async def test_roles_and_deletion_end_sessions(sso):
     put = await sso.server.request("PUT", f"/api/v1/users/{me['public_id']}", {"role": "operator"})
     assert put.code == 200
     again = await sso.server.request("GET", "/api/v1/auth/me", token=token)
-    assert again.json["role"] == "operator"
+    assert again.code == 401 and again.json == {"detail": "Token has been revoked"}  # the role change ended it
+    token, me = await sso.login()
+    assert me["role"] == "operator"
     gone = await sso.server.request("DELETE", f"/api/v1/users/{me['public_id']}")
     assert gone.code == 200
     after = await sso.server.request("GET", "/api/v1/auth/me", token=token)
