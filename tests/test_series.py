@@ -37,6 +37,10 @@ def reference(points, now: datetime, minutes: int, n: int) -> list[tuple[datetim
     if len(inside) <= n:
         return inside
     width = timedelta(microseconds=minutes * 60_000_000 // n)
+    first, newest = inside[0][0], inside[-1][0]
+    if first >= start + width and newest > first:  # the buckets span the readings the event has
+        start = first
+        width = timedelta(microseconds=-(-((newest - first) // timedelta(microseconds=1) + 1) // n))
     last: dict[int, tuple[datetime, float]] = {}
     for t, v in inside:
         last[min((t - start) // width, n - 1)] = (t, v)
@@ -233,3 +237,17 @@ async def test_probe_across_chunk_boundaries(server, fixed_now, monkeypatch):
     finally:
         if db.has_timescale:
             await db.session(chunk_interval, "24 hours")
+
+
+async def test_readings_in_part_of_the_window_are_still_spread_over_max_points(server, fixed_now):
+    """60 readings in the last 2 s of a 60-minute window, max_points 10: about 10
+    points spread over those 2 s (not one bucket), the newest reading last."""
+    [event] = await server.linked_events(1)
+    points = [(fixed_now - timedelta(seconds=2) + timedelta(milliseconds=33 * k), float(k)) for k in range(60)]
+    await push(server, event, points)
+    resp = await series(server, [event], minutes=60, max_points=10)
+    got = parse(resp.json[event])
+    assert 8 <= len(got) <= 10, got
+    assert got[-1] == max(points)  # the newest reading is always kept
+    assert got[0][0] - points[0][0] < timedelta(milliseconds=400)  # spread from the first reading on
+    assert got == reference(points, fixed_now, 60, 10)

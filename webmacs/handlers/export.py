@@ -69,14 +69,6 @@ async def _settle(future) -> None:
         except Exception:  # noqa: BLE001 - already failing; nothing to add
             pass
 
-async def _settle(future) -> None:
-    """Wait out a page fetch still running (its result is not needed)."""
-    if future is not None:
-        try:
-            await future
-        except Exception:  # noqa: BLE001 - already failing; nothing to add
-            pass
-
 
 default_handlers = [
     (r"/api/v1/experiments/([^/]+)/export/csv", ExperimentCsvHandler),

@@ -54,6 +54,15 @@ class Grid:
         """The bucket of a time inside [start, end)."""
         return max(0, min((t - self.start) // self.width, self.n - 1))
 
+    def around(self, first: datetime, newest: datetime) -> "Grid":
+        """The same number of buckets over the readings an event has in the window,
+        when they start after its first bucket (60 readings in the last 2 s of an
+        hour still give ``n`` points); the last bucket still runs on to ``end``."""
+        if first < self.start + self.width or newest <= first:
+            return self
+        span_us = (newest - first) // timedelta(microseconds=1) + 1
+        return Grid(first, self.end, timedelta(microseconds=-(-span_us // self.n)), self.n)
+
     def bounds(self) -> list[tuple[datetime, datetime]]:
         lows = [self.start + i * self.width for i in range(self.n)]
         return [(lo, lows[i + 1] if i + 1 < self.n else self.end) for i, lo in enumerate(lows)]
@@ -90,7 +99,7 @@ def event_series(conn, event_id: int, grid: Grid, has_timescale: bool) -> list[t
     newest = conn.execute(newest_first.limit(1)).scalar()
     cap = AGGREGATE_ROWS_PER_POINT.get(dialect, 20) * grid.n
     span = (newest - nth).total_seconds()
-    if span <= 0 or grid.n * grid.window.total_seconds() / span > cap:
+    if span <= 0 or grid.n * (newest - grid.start).total_seconds() / span > cap:
         return None
     rows = _aggregate_buckets(conn, event_id, grid, has_timescale, cap)
     if sum(r.c for r in rows) > cap:
@@ -198,23 +207,37 @@ def _probe_buckets(conn, event_ids: list[int], grid: Grid, has_timescale: bool) 
     return out
 
 
+def _event_grid(conn, event_id: int, window: Grid) -> Grid | None:
+    """The window's grid, fitted to where the event's readings are (two index probes),
+    or None when it has none in the window."""
+    in_window = select(dp.time).where(dp.event_id == event_id, dp.time >= window.start, dp.time < window.end)
+    first = conn.execute(in_window.order_by(dp.time).limit(1)).scalar()
+    if first is None:
+        return None
+    newest = conn.execute(in_window.order_by(dp.time.desc()).limit(1)).scalar()
+    return window.around(timefmt.utc(first), timefmt.utc(newest))
+
+
 def load_series(session, public_ids: list[str], minutes: int, max_points: int, now: datetime,
                 has_timescale: bool) -> dict[str, list[dict]]:
     """The series answer: ``{event_public_id: [{"timestamp", "value"}, ...]}`` in
     request order; an unknown id gets an empty list."""
     conn = session.connection()
     known = dict(conn.execute(select(Event.public_id, Event.id).where(Event.public_id.in_(public_ids))).all())
-    grid = Grid.make(now, minutes, max_points)
+    window = Grid.make(now, minutes, max_points)
     series: dict[int, list] = {}
-    dense: list[int] = []
+    dense: dict[Grid, list[int]] = {}  # events sampled by probes, by their grid
     for event_id in sorted(set(known.values())):
+        grid = _event_grid(conn, event_id, window)
+        if grid is None:
+            continue  # nothing in the window
         points = event_series(conn, event_id, grid, has_timescale)
         if points is None:
-            dense.append(event_id)
+            dense.setdefault(grid, []).append(event_id)
         else:
             series[event_id] = points
-    if dense:
-        series.update(_probe_buckets(conn, dense, grid, has_timescale))
+    for grid, event_ids in dense.items():
+        series.update(_probe_buckets(conn, event_ids, grid, has_timescale))
     return {
         public_id: [{"timestamp": ts, "value": value} for ts, value in series.get(known.get(public_id), ())]
         for public_id in public_ids
