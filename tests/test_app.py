@@ -17,8 +17,8 @@ async def test_housekeeping_prunes_old_batch_ids_and_finished_deliveries(server)
         session.add(hook)
         session.flush()
         session.add_all([
-            IngestBatch(batch_id="old", accepted=1, rejected=0, created_on=old),
-            IngestBatch(batch_id="new", accepted=1, rejected=0),
+            IngestBatch(sender="user:1", batch_id="old", accepted=1, rejected=0, created_on=old),
+            IngestBatch(sender="user:1", batch_id="new", accepted=1, rejected=0),
             WebhookDelivery(webhook_id=hook.id, event_type="sensor.reading", payload="{}", status="delivered",
                             created_on=old),
             WebhookDelivery(webhook_id=hook.id, event_type="sensor.reading", payload="{}", status="dead_letter",
