@@ -10,7 +10,9 @@ Starts ``python -m webmacs serve`` (SQLite in a scratch directory by default, or
   reopened as the server closes them;
 - ``big-bodies``: 3 clients posting 15 MB JSON arrays to ``/api/v1/auth/login`` over and over;
 - ``login``: 16 concurrent clients posting wrong passwords (one known account and random
-  unknown ones).
+  unknown ones);
+- ``reply-flood``: a viewer on ``/ws/datapoints/stream`` that sends tiny frames as fast
+  as it can (each earns an ``error`` reply) and never reads, reconnecting when closed.
 
 The attackers run in a separate process (so they do not slow the controller's own loop).
 Per phase it reports the server's peak RSS (VmRSS sampled every 100 ms), the controller's
@@ -45,16 +47,21 @@ from tornado.websocket import websocket_connect
 
 ADMIN_EMAIL = "admin@example.com"
 ADMIN_PASSWORD = "bench-admin-password"
-PHASES = ("idle", "half-open", "big-bodies", "login")
+PHASES = ("idle", "half-open", "big-bodies", "login", "reply-flood")
 
 
 # --- the attacker (own process) --------------------------------------------------------------
 
-def attack(kind: str, port: int, seconds: float, sockets: int, out) -> None:
-    asyncio.run(_attack(kind, port, seconds, sockets, out))
+def attack(kind: str, port: int, seconds: float, sockets: int, out, token: str = "") -> None:
+    asyncio.run(_attack(kind, port, seconds, sockets, out, token))
 
 
-async def _attack(kind: str, port: int, seconds: float, sockets: int, out) -> None:
+def _masked(payload: bytes) -> bytes:
+    mask = os.urandom(4)
+    return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def _attack(kind: str, port: int, seconds: float, sockets: int, out, token: str = "") -> None:
     stats: dict[str, int] = {}
     deadline = time.monotonic() + seconds
 
@@ -119,6 +126,27 @@ async def _attack(kind: str, port: int, seconds: float, sockets: int, out) -> No
                 http.close()
 
         await asyncio.gather(*(guesser(i) for i in range(16)))
+    elif kind == "reply-flood":
+        burst = _masked(b'{"a":1}') * 5000
+        loop = asyncio.get_running_loop()
+        while time.monotonic() < deadline:
+            raw = socket.socket()
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            raw.setblocking(False)
+            try:
+                await loop.sock_connect(raw, ("127.0.0.1", port))
+                await loop.sock_sendall(raw, (
+                    f"GET /ws/datapoints/stream?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                    "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+                count("opened")
+                while time.monotonic() < deadline:
+                    await asyncio.wait_for(loop.sock_sendall(raw, burst), max(0.01, deadline - time.monotonic()))
+                    stats["frames"] = stats.get("frames", 0) + 5000
+            except (OSError, asyncio.TimeoutError):
+                count("closed by server" if time.monotonic() < deadline else "ended")
+            finally:
+                raw.close()
     else:
         await asyncio.sleep(seconds)
     out.put(stats)
@@ -195,9 +223,12 @@ async def main() -> int:
                                    {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
         token = body["access_token"]
         _, plugin = await request(http, port, "POST", "/api/v1/plugins",
-                                  {"plugin_id": "simulated", "instance_name": "bench"}, token)
+                                  {"plugin_id": "revpi", "instance_name": "bench", "auto_create_events": False}, token)
+        plugin = plugin["data"]
         _, event = await request(http, port, "POST", "/api/v1/events",
-                                 {"name": "bench sensor", "type": "sensor", "unit": "C"}, token)
+                                 {"name": "bench sensor", "type": "sensor", "unit": "C", "min_value": 0,
+                                  "max_value": 100}, token)
+        event = event["data"]
         await request(http, port, "POST", f"/api/v1/plugins/{plugin['public_id']}/channels",
                       {"channel_id": "c0", "channel_name": "c0", "direction": "input", "unit": "C",
                        "event_public_id": event["public_id"]}, token)
@@ -228,7 +259,7 @@ async def main() -> int:
         ctx = multiprocessing.get_context("spawn")
         for phase in args.phases.split(","):
             queue = ctx.Queue()
-            attacker = ctx.Process(target=attack, args=(phase, port, args.seconds, args.sockets, queue))
+            attacker = ctx.Process(target=attack, args=(phase, port, args.seconds, args.sockets, queue, token))
             log0, cpu0 = log_path.stat().st_size, cpu_s(server.pid)
             peak = [rss_kb(server.pid)]
 

@@ -12,6 +12,7 @@ import time
 
 from tests.conftest import make_settings, start_server, wait_for
 from webmacs.app import shutdown
+from webmacs.handlers import ws as ws_handlers
 
 TELEMETRY = "/ws/controller/telemetry"
 STREAM = "/ws/datapoints/stream"
@@ -37,10 +38,14 @@ async def raw_upgrade(server, path: str) -> socket.socket:
     return raw
 
 
-async def test_a_client_that_never_reads_its_replies_is_closed_and_bounded(server):
+async def test_a_client_that_never_reads_its_replies_is_closed_and_bounded(server, monkeypatch):
     """A subscriber sends tiny frames that each earn an error reply and never reads:
     its unsent replies stop at the bound, it is closed with 1013, and an honest client's
-    pings are answered at once meanwhile."""
+    pings are answered at once meanwhile (the message rate limit is lifted here, so the
+    reply bound is what stops it)."""
+    monkeypatch.setattr(ws_handlers, "MESSAGE_RATE", 10**9)
+    monkeypatch.setattr(ws_handlers, "MESSAGE_BURST", 10**9)
+    monkeypatch.setattr(ws_handlers._Socket, "_allowance", float(10**9))
     hub = server.services.hub
     hub.max_pending_bytes = 16 * 1024
     raw = await raw_upgrade(server, STREAM)
@@ -65,6 +70,18 @@ async def test_a_client_that_never_reads_its_replies_is_closed_and_bounded(serve
         assert worst_pong < 1.0, worst_pong
     finally:
         raw.close()
+
+
+async def test_a_flood_of_tiny_frames_is_cut_off(server):
+    """More messages than any controller or dashboard sends: 1008 "Too many messages",
+    and the server goes on serving others."""
+    flooder = await server.ws(STREAM)
+    for _ in range(3000):
+        await flooder.send({"type": "ping"})
+    assert await flooder.closed(timeout=5) == (1008, "Too many messages")
+    other = await server.ws(TELEMETRY)
+    await other.send({"type": "ping"})
+    assert await other.recv() == {"type": "pong"}
 
 
 async def test_deep_json_is_an_error_frame_and_the_socket_lives(server):

@@ -162,7 +162,7 @@ class ConnectionManager:
             return
         if conn.pending_bytes >= 2 * self.max_pending_bytes:
             log.info("closing a client that does not read its replies (%d bytes unsent)", conn.pending_bytes)
-            self._drop(conn, 1013, "Client not reading replies")
+            self.abort(conn, 1013, "Client not reading replies")
             return
         self._send(conn, encode(payload))
 
@@ -202,6 +202,14 @@ class ConnectionManager:
         """Out of its group now (no more frames queued for it), then the close frame."""
         self.groups.get(conn.group, set()).discard(conn)
         conn.close(code, reason)
+
+    def abort(self, conn: Connection, code: int, reason: str) -> None:
+        """Close a client that is flooding us: the close frame goes out if it can, and the
+        connection is cut at once instead of reading on until the peer answers it."""
+        self._drop(conn, code, reason)
+        stream = getattr(conn.handler.ws_connection, "stream", None)
+        if stream is not None:
+            stream.close()
 
     def expire_tokens(self, now_utc) -> None:
         """Close sockets whose token has expired since they connected."""

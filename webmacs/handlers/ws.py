@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,11 @@ log = logging.getLogger("webmacs.ws")
 # controller, a few tens of MB of parsed objects at the very worst.
 MAX_QUEUED_BYTES = 4 * 1024 * 1024
 MAX_QUEUED_POINTS = 25_000
+# Frames per second one connection may send (bursts up to MESSAGE_BURST): a controller
+# sends a batch or a ping now and then, a dashboard a ping; a flood of tiny frames costs
+# the loop a parse each, so its sender is cut off (1008 "Too many messages").
+MESSAGE_RATE = 200
+MESSAGE_BURST = 1000
 OVERLOADED = "Server overloaded: batch not stored"
 SHUTTING_DOWN = "Server shutting down: batch not stored, retry later"
 
@@ -106,6 +112,10 @@ class _Socket(WebSocketHandler):
     def on_message(self, message: str | bytes) -> None:
         if self.conn is None or self.conn.closed:  # not (or no longer) authenticated
             return
+        if not self._frame_allowed():
+            log.info("closing a client sending more than %d messages per second", MESSAGE_RATE)
+            self.services.hub.abort(self.conn, 1008, "Too many messages")
+            return
         data = self.parse(message)
         if data is None:
             return
@@ -116,6 +126,19 @@ class _Socket(WebSocketHandler):
 
     def handle(self, data: dict, size: int) -> None:
         raise NotImplementedError
+
+    _allowance = float(MESSAGE_BURST)
+    _allowance_at = 0.0
+
+    def _frame_allowed(self) -> bool:
+        """A token bucket per connection: MESSAGE_RATE frames a second, bursts of MESSAGE_BURST."""
+        now = time.monotonic()
+        self._allowance = min(MESSAGE_BURST, self._allowance + (now - self._allowance_at) * MESSAGE_RATE)
+        self._allowance_at = now
+        if self._allowance < 1:
+            return False
+        self._allowance -= 1
+        return True
 
     def abandon_batches(self) -> None:
         """Answer what was read and not stored (telemetry only)."""
