@@ -132,6 +132,13 @@ class Settings:
     # WEBMACS_OTA_MAX_FILE_MB: largest firmware file an upload may send (1..102400 MB);
     # bigger uploads are refused with 413.
     ota_max_file_mb: int = 512
+    # WEBMACS_RETENTION_DAYS: days datapoints recorded outside any experiment are
+    # kept; the hourly housekeeping removes older ones (docs/retention.md).
+    # 0 or empty (the default): kept forever.
+    retention_days: int = 0
+    # WEBMACS_EXPERIMENT_RETENTION_DAYS: days datapoints of an experiment are kept,
+    # counted from each reading's time. 0 or empty (the default): kept forever.
+    experiment_retention_days: int = 0
     extra: dict = field(default_factory=dict)
 
     @property
@@ -174,6 +181,9 @@ class Settings:
         s.plugin_max_upload_mb = _int(env, "WEBMACS_PLUGIN_MAX_UPLOAD_MB", s.plugin_max_upload_mb, 1, 1024)
         s.ota_storage_dir = (env.get("WEBMACS_OTA_STORAGE_DIR") or "").strip() or _data_dir(s.database_url, "ota")
         s.ota_max_file_mb = _int(env, "WEBMACS_OTA_MAX_FILE_MB", s.ota_max_file_mb, 1, 102400)
+        s.retention_days = _int(env, "WEBMACS_RETENTION_DAYS", s.retention_days, 0, 365 * 1000)
+        s.experiment_retention_days = _int(env, "WEBMACS_EXPERIMENT_RETENTION_DAYS",
+                                           s.experiment_retention_days, 0, 365 * 1000)
         key = env.get("WEBMACS_SECRET_KEY") or ""
         if s.env == "production":
             if len(key.encode()) < 32:
