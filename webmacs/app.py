@@ -16,6 +16,7 @@ import signal
 import time
 
 from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
 from tornado.web import Application
 
 from webmacs import STATIC_DIR
@@ -104,21 +105,33 @@ async def shutdown(server: HTTPServer, services: Services) -> None:
         log.warning("some connections did not close in time")
 
 
-async def run_server(config: Settings, host: str, port: int) -> None:
+async def run_server(config: Settings, host: str, port: int, demo: bool = False) -> None:
+    """Serve until SIGTERM/SIGINT; ``demo`` runs the demo controller beside it (webmacs.demo)."""
     services = Services(config)
     services.prepare_database()
+    controller = None
+    if demo:
+        from webmacs import demo as demo_mod
+
+        controller = demo_mod.DemoController(config, demo_mod.prepare(config, services.db))
     await services.start()
     app = make_app(services)
     server = HTTPServer(app, xheaders=True, max_body_size=16 * 1024 * 1024)
-    server.listen(port, host)
+    sockets = bind_sockets(port, host)
+    server.add_sockets(sockets)
+    port = sockets[0].getsockname()[1]
     log.info("webmacs listening on http://%s:%d (database: %s)", host, port,
              "sqlite" if config.is_sqlite else ("timescaledb" if services.db.has_timescale else "postgresql"))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if controller is not None:
+        await controller.start(demo_mod.server_url(host, port))
     await stop.wait()
     log.info("shutting down")
+    if controller is not None:  # first, so it can still deliver what it holds
+        await controller.stop()
     await shutdown(server, services)
     services.db.close(wait=False)
     log.info("stopped")
