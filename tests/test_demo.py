@@ -90,7 +90,7 @@ async def test_demo_shows_live_data_and_stops_with_its_controller(tmp_path):
         assert [t["name"] for t in tokens["data"]] == ["webmacs serve --demo"], tokens
     finally:
         assert stop(proc, signal.SIGTERM) == 0, log.read_text()[-3000:]
-    assert (tmp_path / "demo" / "token").stat().st_mode & 0o077 == 0
+    assert (tmp_path / "webmacs-demo" / "token").stat().st_mode & 0o077 == 0
 
 
 def test_demo_without_an_admin_is_one_clear_line(tmp_path):

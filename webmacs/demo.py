@@ -5,8 +5,9 @@ At start (before the server listens), when no plugin instance exists yet, a
 ``auto_create_events`` (:func:`webmacs.handlers.resources.create_instance`), owned by
 the first admin. The controller client then runs as a child process with an API
 token of that admin, and is stopped (SIGTERM, then waited for) before the server
-stops. Its files (token, spool, plugin folder) live in a ``demo`` folder next to the
-SQLite file (``./webmacs-data/demo`` with PostgreSQL), so a restart reuses them.
+stops. Its files (token, spool, plugin folder) live in a ``webmacs-demo`` folder
+next to the SQLite file (``./webmacs-data/webmacs-demo`` with PostgreSQL), so a
+restart reuses them.
 
 The child asks the kernel to send it SIGTERM when the server process dies, so even a
 ``kill -9`` of the server leaves no controller behind (Linux).
@@ -35,12 +36,12 @@ STOP_GRACE = 5.0
 
 
 def demo_dir(config: Settings) -> Path:
-    return Path(_data_dir(config.database_url, "demo"))
+    return Path(_data_dir(config.database_url, "webmacs-demo"))
 
 
 def prepare(config: Settings, db) -> str:
     """Blocking, after the schema check: the demo instance if none exists, and the
-    controller's API token (plaintext, kept in ``demo/token`` with mode 0600)."""
+    controller's API token (plaintext, kept in ``webmacs-demo/token`` with mode 0600)."""
     from webmacs.handlers.resources import INSTANCE_SPEC, create_instance
     from webmacs.models import ApiToken, PluginInstance, User
     from webmacs.security import hash_api_token, new_api_token
