@@ -175,3 +175,24 @@ async def test_housekeeping_runs_retention_once_per_database(database_url):
                                          "AND objid = :k"), {"k": HOUSEKEEPING_LOCK}).scalar() == 0
     finally:
         services.db.close()
+
+
+async def test_progress_limits_later_runs_to_what_aged_since(db):
+    """With the progress the server keeps, the next run looks only at what passed the
+    window since the last one; a reading arriving already past the covered range waits
+    for a fresh progress (the next server start)."""
+    (a,) = make_events(db, 1)
+    insert(db, [(days(31), a, None), (days(20), a, EXP), (days(29.5), a, None), (days(5), a, None)])
+    progress: dict = {}
+    first = await retention.enforce(db, 30, 0, now=NOW, progress=progress)
+    assert first.plain_rows + len(first.chunks) >= 1 and (days(31), a, None) not in remaining(db)
+    assert progress[retention.PLAIN] == days(30)
+
+    insert(db, [(days(45), a, None)])  # a controller replaying a reading from long ago
+    later = await retention.enforce(db, 30, 0, now=NOW + timedelta(days=1), progress=progress)
+    assert (days(29.5), a, None) not in remaining(db)  # aged past the window since the first run
+    assert remaining(db) == [(days(45), a, None), (days(20), a, EXP), (days(5), a, None)], later
+    assert progress[retention.PLAIN] == days(29)
+
+    fresh = await retention.enforce(db, 30, 0, now=NOW + timedelta(days=1))  # after a restart
+    assert remaining(db) == [(days(20), a, EXP), (days(5), a, None)], fresh

@@ -74,6 +74,7 @@ class Services:
         self._idle = asyncio.Event()
         self._idle.set()
         self._callbacks: list[PeriodicCallback] = []
+        self.retention_progress: dict = {}  # how far retention got (webmacs.storage.retention.enforce)
 
     # --- start ------------------------------------------------------------------------
     def prepare_database(self) -> None:
@@ -171,7 +172,8 @@ class Services:
                     log.debug("housekeeping skipped: another server process runs it")
                     return
                 await self.db.session(prune)
-                await retention.enforce(self.db, cfg.retention_days, cfg.experiment_retention_days)
+                await retention.enforce(self.db, cfg.retention_days, cfg.experiment_retention_days,
+                                        progress=self.retention_progress)
         except Exception:  # noqa: BLE001 - retried next interval
             log.warning("housekeeping failed", exc_info=True)
 

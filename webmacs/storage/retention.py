@@ -53,15 +53,23 @@ def cutoffs(now: datetime, retention_days: int, experiment_retention_days: int
 
 
 async def enforce(db, retention_days: int, experiment_retention_days: int, now: datetime | None = None,
-                  batch_rows: int = BATCH_ROWS) -> Outcome:
-    """Remove what is older than the windows; ``now`` is the clock (tests set it)."""
+                  batch_rows: int = BATCH_ROWS, progress: dict | None = None) -> Outcome:
+    """Remove what is older than the windows; ``now`` is the clock (tests set it).
+
+    ``progress`` (kept by the caller between runs, the server keeps one per process)
+    remembers how far earlier runs got, so a run looks only at what aged past a window
+    since then instead of reading again through years of rows that stay. A reading
+    arriving already older than what an earlier run covered is removed after the next
+    server start (a fresh ``progress``)."""
     now = now or datetime.now(timezone.utc)
+    done = progress if progress is not None else {}
     plain, experiment = cutoffs(now, retention_days, experiment_retention_days)
     outcome = Outcome()
     if plain is None and experiment is None:
         return outcome
     if db.has_timescale:
-        outcome.chunks = await db.run(drop_old_chunks, db.engine, plain, experiment)
+        outcome.chunks = await db.run(drop_old_chunks, db.engine, plain, experiment, done.get("chunks"))
+        done["chunks"] = max(c for c in (plain, experiment) if c is not None)
     event_ids = await db.run(_event_ids, db.engine)
     for kind, cutoff in ((PLAIN, plain), (EXPERIMENT, experiment)):
         if cutoff is None:
@@ -69,11 +77,13 @@ async def enforce(db, retention_days: int, experiment_retention_days: int, now: 
         removed = 0
         for event_id in event_ids:
             while True:
-                n, more = await db.run(delete_batch, db.engine, event_id, kind, cutoff, batch_rows)
+                n, more = await db.run(delete_batch, db.engine, event_id, kind, cutoff, batch_rows,
+                                       done.get(kind))
                 removed += n
                 outcome.statements += 1
                 if not more:
                     break
+        done[kind] = cutoff
         if kind == PLAIN:
             outcome.plain_rows = removed
         else:
@@ -96,31 +106,39 @@ def _event_ids(engine) -> list[int]:
         return list(conn.execute(text("SELECT id FROM events ORDER BY id")).scalars())
 
 
-def delete_batch(engine, event_id: int, kind: str, cutoff: datetime, limit: int) -> tuple[int, bool]:
+def delete_batch(engine, event_id: int, kind: str, cutoff: datetime, limit: int,
+                 since: datetime | None = None) -> tuple[int, bool]:
     """One transaction: at most ``limit`` rows of ``event_id`` and ``kind`` older than
-    ``cutoff`` (rows sharing one timestamp are never split, so a tie may add a few).
-    Returns (rows deleted, whether more may remain)."""
+    ``cutoff`` and not older than ``since`` (rows sharing one timestamp are never split,
+    so a tie may add a few). Returns (rows deleted, whether more may remain)."""
     where = f"event_id = :e AND {kind} AND time < :cut"
+    params = {"e": event_id, "cut": cutoff}
+    times = ["cut"]
+    if since is not None:
+        where += " AND time >= :since"
+        params["since"] = since
+        times.append("since")
+
+    def run(sql: str, **extra):
+        return conn.execute(typed_text(sql, *times), {**params, **extra})
+
     with engine.begin() as conn:
         # the (limit+1)-th oldest such row bounds this statement; none: everything goes
-        bound = conn.execute(typed_text(f"SELECT time FROM datapoints WHERE {where} ORDER BY time "
-                                        "LIMIT 1 OFFSET :n", "cut"), {"e": event_id, "cut": cutoff, "n": limit}
-                             ).scalar()
+        bound = run(f"SELECT time FROM datapoints WHERE {where} ORDER BY time LIMIT 1 OFFSET :n", n=limit).scalar()
         if bound is None:
-            deleted = conn.execute(typed_text(f"DELETE FROM datapoints WHERE {where}", "cut"),
-                                   {"e": event_id, "cut": cutoff}).rowcount
-            return deleted, False
-        deleted = conn.execute(typed_text(f"DELETE FROM datapoints WHERE {where} AND time < :b", "cut"),
-                               {"e": event_id, "cut": cutoff, "b": bound}).rowcount
+            return run(f"DELETE FROM datapoints WHERE {where}").rowcount, False
+        deleted = run(f"DELETE FROM datapoints WHERE {where} AND time < :b", b=bound).rowcount
         if deleted == 0:  # more than `limit` rows share the oldest timestamp
-            deleted = conn.execute(typed_text(f"DELETE FROM datapoints WHERE {where} AND time <= :b", "cut"),
-                                   {"e": event_id, "cut": cutoff, "b": bound}).rowcount
+            deleted = run(f"DELETE FROM datapoints WHERE {where} AND time <= :b", b=bound).rowcount
         return deleted, True
 
 
-def drop_old_chunks(engine, plain: datetime | None, experiment: datetime | None) -> list[str]:
+def drop_old_chunks(engine, plain: datetime | None, experiment: datetime | None,
+                    looked_until: datetime | None = None) -> list[str]:
     """``drop_chunks`` for every chunk past a window that holds nothing either window
-    keeps (runs of neighbouring chunks in one call); returns the dropped chunks' names."""
+    keeps (runs of neighbouring chunks in one call); returns the dropped chunks' names.
+    Chunks ending by ``looked_until`` were looked into by an earlier run and kept: they
+    stay until they are past both windows."""
     latest = max(c for c in (plain, experiment) if c is not None)
     both = min(plain, experiment) if plain is not None and experiment is not None else None
     keep = " OR ".join(f"({kind} AND time >= :{name})" if cutoff is not None else f"({kind})"
@@ -134,6 +152,9 @@ def drop_old_chunks(engine, plain: datetime | None, experiment: datetime | None)
         runs: list[list] = []  # [start, end] of neighbouring droppable chunks
         for chunk in chunks:
             if both is None or chunk.range_end > both:  # past one window only: look inside
+                if looked_until is not None and chunk.range_end <= looked_until:
+                    runs.append([])
+                    continue
                 held = conn.execute(text(
                     f"SELECT 1 FROM datapoints WHERE time >= :rs AND time < :re AND ({keep}) LIMIT 1"),
                     {"rs": chunk.range_start, "re": chunk.range_end, "plain": plain, "exp": experiment}).first()
