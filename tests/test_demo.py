@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from datetime import datetime, timezone
 from pathlib import Path
 
 import psutil
@@ -36,12 +37,15 @@ def start(tmp_path: Path, port: int, **env: str) -> tuple[subprocess.Popen, Path
     settings.update(env)
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "webmacs", "serve", "--demo", "--port", str(port)],
-                                cwd=tmp_path, env=clean_env(**settings), stdout=out, stderr=subprocess.STDOUT)
+                                cwd=tmp_path, env=clean_env(**settings), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # its own process group, as a terminal gives it
     return proc, log
 
 
 async def live_values(port: int, proc: subprocess.Popen, log: Path) -> tuple[str, dict]:
-    """Log in, then wait until every simulated input channel has a latest value."""
+    """Log in, then wait until every simulated input channel has a value read by this
+    process's controller (newer than the start)."""
+    started = datetime.now(timezone.utc)
     await wait_health(port, proc, log)
     token = api(port, "/api/v1/auth/login", body={"email": EMAIL, "password": PASSWORD})["access_token"]
     events = {e["public_id"]: e["name"] for e in api(port, "/api/v1/events?page_size=100", token)["data"]}
@@ -50,7 +54,8 @@ async def live_values(port: int, proc: subprocess.Popen, log: Path) -> tuple[str
     assert len(wanted) == len(inputs), events
 
     def latest():
-        values = {d["event_public_id"]: d["value"] for d in api(port, "/api/v1/datapoints/latest", token)}
+        values = {d["event_public_id"]: d["value"] for d in api(port, "/api/v1/datapoints/latest", token)
+                  if datetime.fromisoformat(d["timestamp"]) > started}
         return values if wanted <= values.keys() else None
 
     return token, await wait_for(latest, timeout=30, interval=0.2, message=f"live values\n{log.read_text()[-2000:]}")
@@ -80,7 +85,8 @@ async def test_demo_shows_live_data_and_stops_with_its_controller(tmp_path):
     assert "demo: controller stopped (exit 0)" in text and "Traceback" not in text
     assert "wm_" not in text  # the token is never logged
 
-    # A second start reuses the instance, its events and the stored token.
+    # A second start reuses the instance, its events and the stored token; Ctrl-C (SIGINT
+    # to the terminal's process group) stops it, the server stopping the controller.
     port = free_port()
     proc, log = start(tmp_path, port)
     try:
@@ -88,8 +94,11 @@ async def test_demo_shows_live_data_and_stops_with_its_controller(tmp_path):
         assert api(port, "/api/v1/plugins", token)["total"] == 1
         tokens = api(port, "/api/v1/tokens", token)
         assert [t["name"] for t in tokens["data"]] == ["webmacs serve --demo"], tokens
+        children = controllers_of(proc)
     finally:
-        assert stop(proc, signal.SIGTERM) == 0, log.read_text()[-3000:]
+        assert stop(proc, signal.SIGINT, group=True) == 0, log.read_text()[-3000:]
+    assert not psutil.wait_procs(children, timeout=5)[1], "controller left behind"
+    assert log.read_text().count("demo: controller stopped (exit 0)") == 1
     assert (tmp_path / "webmacs-demo" / "token").stat().st_mode & 0o077 == 0
 
 

@@ -98,6 +98,8 @@ class DemoController:
         self.config = config
         self.token = token
         self.proc: asyncio.subprocess.Process | None = None
+        self.stopping = False
+        self._watch: asyncio.Future | None = None
 
     async def start(self, url: str) -> None:
         folder = demo_dir(self.config)
@@ -110,12 +112,23 @@ class DemoController:
             "WEBMACS_FLUSH_TIMEOUT": str(FLUSH_TIMEOUT),
             "WEBMACS_LOG_LEVEL": os.environ.get("WEBMACS_LOG_LEVEL", "INFO"),
         })
+        # its own session: Ctrl-C in the terminal reaches the server only, which then stops
+        # the controller itself (one SIGTERM, one flush)
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "webmacs.demo", str(os.getpid()), env=env, stdin=asyncio.subprocess.DEVNULL)
+            sys.executable, "-m", "webmacs.demo", str(os.getpid()), env=env, stdin=asyncio.subprocess.DEVNULL,
+            start_new_session=True)
         log.info("demo: controller started (pid %d) against %s", self.proc.pid, url)
+        self._watch = asyncio.ensure_future(self._watch_exit(self.proc))
+
+    async def _watch_exit(self, proc) -> None:
+        code = await proc.wait()
+        if not self.stopping:
+            log.warning("demo: the controller exited on its own (exit %s); the server keeps running without it",
+                        code)
 
     async def stop(self) -> None:
         proc = self.proc
+        self.stopping = True
         if proc is None or proc.returncode is not None:
             return
         proc.send_signal(signal.SIGTERM)
@@ -125,6 +138,8 @@ class DemoController:
             log.warning("demo: controller did not stop in time; killing it")
             proc.kill()
             await proc.wait()
+        if self._watch is not None:
+            await self._watch
         log.info("demo: controller stopped (exit %s)", proc.returncode)
 
 
