@@ -196,3 +196,21 @@ async def test_progress_limits_later_runs_to_what_aged_since(db):
 
     fresh = await retention.enforce(db, 30, 0, now=NOW + timedelta(days=1))  # after a restart
     assert remaining(db) == [(days(20), a, EXP), (days(5), a, None)], fresh
+
+
+async def test_plain_postgresql_uses_deletes_only_and_logs_counts(db, caplog):
+    """Without TimescaleDB (SQLite, or PostgreSQL without the extension: forced here on
+    the cluster) everything goes by bounded deletes; the run logs its counts."""
+    db.has_timescale = False
+    a, b = make_events(db)
+    insert(db, [(days(400), a, None), (days(400), b, EXP), (days(40), a, None), (days(40), b, EXP),
+                (days(3), a, None)])
+    chunks_before = chunk_starts(db) if db.is_postgres else []
+    with caplog.at_level("INFO", logger="webmacs.retention"):
+        outcome = await retention.enforce(db, 30, 365, now=NOW)
+    assert (outcome.chunks, outcome.plain_rows, outcome.experiment_rows) == ([], 2, 1)
+    assert remaining(db) == [(days(40), b, EXP), (days(3), a, None)]
+    if db.is_postgres:
+        assert chunk_starts(db) == chunks_before  # no chunk dropped: rows only
+    line = next(r.getMessage() for r in caplog.records if r.name == "webmacs.retention")
+    assert "deleted 2 datapoints outside experiments" in line and "and 1 of experiments" in line, line
