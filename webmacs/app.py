@@ -19,6 +19,7 @@ from tornado.httpserver import HTTPServer
 from tornado.web import Application
 
 from webmacs import STATIC_DIR
+from webmacs import demo as demo_mod
 from webmacs.broadcast import CONTROLLER
 from webmacs.config import Settings
 from webmacs.handlers import collect_handlers
@@ -117,10 +118,14 @@ async def shutdown(server: HTTPServer, services: Services) -> None:
         log.warning("some connections did not close in time")
 
 
-async def run_server(config: Settings, host: str, port: int) -> None:
+async def run_server(config: Settings, host: str, port: int, demo: bool = False) -> None:
+    """Serve until SIGTERM/SIGINT; ``demo`` runs the demo controller beside it (webmacs.demo)."""
     install_log_filters()
     services = Services(config)
     services.prepare_database()
+    controller = None
+    if demo:
+        controller = demo_mod.DemoController(config, demo_mod.prepare(config, services.db))
     await services.start()
     app = make_app(services)
     server = GuardedHTTPServer(
@@ -139,8 +144,12 @@ async def run_server(config: Settings, host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if controller is not None:
+        await controller.start(demo_mod.server_url(host, port))
     await stop.wait()
     log.info("shutting down")
+    if controller is not None:  # first, so it can still deliver what it holds
+        await controller.stop()
     await shutdown(server, services)
     services.db.close(wait=False)
     log.info("stopped")

@@ -49,7 +49,7 @@ def cmd_serve(args) -> int:
 
     port = _port(args.port)
     config = Settings.from_env()
-    asyncio.run(run_server(config, args.host, port))
+    asyncio.run(run_server(config, args.host, port, demo=args.demo))
     # Everything acknowledged is committed by now. A database call that still hangs
     # (database unreachable) must not hold the exit past the shutdown bound: the
     # interpreter would join its thread. Leave without waiting for it.
@@ -185,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="environment (all optional):\n" + _settings_help() + "\n" + LOG_HELP)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     serve.add_argument("--port", default="8000", help="TCP port to listen on (1-65535)")
+    serve.add_argument("--demo", action="store_true",
+                       help="first-run demo: create a simulated plugin instance with linked events if there is "
+                            "no instance yet, and run the controller client beside the server (stopped with "
+                            "it), so the dashboard shows live data. Needs an admin (WEBMACS_INITIAL_ADMIN_*)")
     serve.set_defaults(fn=cmd_serve)
 
     migrate = sub.add_parser(

@@ -162,6 +162,13 @@ class Settings:
     # WEBMACS_PASSWORD_HASH_WORKERS: threads that hash and verify passwords
     # (Argon2, ~50 ms of CPU each), apart from the database threads.
     password_hash_workers: int = 1
+    # WEBMACS_RETENTION_DAYS: days datapoints recorded outside any experiment are
+    # kept; the hourly housekeeping removes older ones (docs/retention.md).
+    # 0 or empty (the default): kept forever.
+    retention_days: int = 0
+    # WEBMACS_EXPERIMENT_RETENTION_DAYS: days datapoints of an experiment are kept,
+    # counted from each reading's time. 0 or empty (the default): kept forever.
+    experiment_retention_days: int = 0
     extra: dict = field(default_factory=dict)
 
     @property
@@ -213,6 +220,9 @@ class Settings:
         s.login_max_failures = _int(env, "WEBMACS_LOGIN_MAX_FAILURES", s.login_max_failures, 0, 1_000_000)
         s.login_failure_window = _float(env, "WEBMACS_LOGIN_FAILURE_WINDOW", s.login_failure_window, 1, 86400)
         s.password_hash_workers = _int(env, "WEBMACS_PASSWORD_HASH_WORKERS", s.password_hash_workers, 1, 16)
+        s.retention_days = _int(env, "WEBMACS_RETENTION_DAYS", s.retention_days, 0, 365 * 1000)
+        s.experiment_retention_days = _int(env, "WEBMACS_EXPERIMENT_RETENTION_DAYS",
+                                           s.experiment_retention_days, 0, 365 * 1000)
         key = env.get("WEBMACS_SECRET_KEY") or ""
         if s.env == "production":
             if len(key.encode()) < 32:

@@ -14,11 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime, timedelta, timezone
-from typing import Awaitable, Callable, Iterator
+from typing import AsyncIterator, Awaitable, Callable, Iterator
 
-from sqlalchemy import delete
+from sqlalchemy import delete, text
 from tornado.ioloop import PeriodicCallback
 
 from webmacs import accounts
@@ -31,7 +31,7 @@ from webmacs.ingest import IngestPipeline
 from webmacs.models import IngestBatch, WebhookDelivery
 from webmacs.ratelimit import Guards
 from webmacs.rules import RuleEngine, server_log
-from webmacs.storage import datapoints
+from webmacs.storage import datapoints, retention
 from webmacs.storage.linkage import load_linkage
 from webmacs.sso import OidcClient
 from webmacs.webhooks import WebhookDispatcher
@@ -45,6 +45,9 @@ DELIVERY_RETENTION = timedelta(days=30)
 # Seconds between background database checks (drives system.health_changed).
 HEALTH_CHECK_INTERVAL = 10
 HOUSEKEEPING_INTERVAL = 3600
+# PostgreSQL advisory lock key: of several server processes on one database, only
+# the one holding it runs housekeeping (SQLite has one process anyway).
+HOUSEKEEPING_LOCK = 0x7765626D  # "webm"
 
 
 class Services:
@@ -75,6 +78,7 @@ class Services:
         self._idle = asyncio.Event()
         self._idle.set()
         self._callbacks: list[PeriodicCallback] = []
+        self.retention_progress: dict = {}  # how far retention got (webmacs.storage.retention.enforce)
 
     # --- start ------------------------------------------------------------------------
     def prepare_database(self) -> None:
@@ -167,10 +171,32 @@ class Services:
             session.execute(delete(WebhookDelivery).where(
                 WebhookDelivery.status != "pending", WebhookDelivery.created_on < now - DELIVERY_RETENTION))
 
+        cfg = self.config
         try:
-            await self.db.session(prune)
+            async with self.housekeeping_lock() as mine:
+                if not mine:
+                    log.debug("housekeeping skipped: another server process runs it")
+                    return
+                await self.db.session(prune)
+                await retention.enforce(self.db, cfg.retention_days, cfg.experiment_retention_days,
+                                        progress=self.retention_progress)
         except Exception:  # noqa: BLE001 - retried next interval
             log.warning("housekeeping failed", exc_info=True)
+
+    @asynccontextmanager
+    async def housekeeping_lock(self) -> AsyncIterator[bool]:
+        """True while this process holds the housekeeping lock (always on SQLite)."""
+        if not self.db.is_postgres:
+            yield True
+            return
+        conn = await self.db.run(_try_advisory_lock, self.db.engine, HOUSEKEEPING_LOCK)
+        if conn is None:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            await self.db.run(_advisory_unlock, conn, HOUSEKEEPING_LOCK)
 
     # --- health ---------------------------------------------------------------------------
     def note_health(self, ok: bool) -> None:
@@ -182,3 +208,29 @@ class Services:
 
     def last_datapoint_time(self) -> datetime | None:
         return self.pipeline.last_time
+
+
+def _try_advisory_lock(engine, key: int):
+    """A connection holding session-level advisory lock ``key``, or None if another holds it."""
+    conn = engine.connect()
+    try:
+        got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+        conn.commit()
+    except BaseException:
+        conn.close()
+        raise
+    if not got:
+        conn.close()
+        return None
+    return conn
+
+
+def _advisory_unlock(conn, key: int) -> None:
+    try:
+        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        conn.commit()
+    except BaseException:
+        conn.invalidate()  # never back into the pool still holding the lock
+        raise
+    finally:
+        conn.close()

@@ -294,6 +294,16 @@ class BaseHandler(RequestHandler):
             raise ApiError(422, f"{name}: must be between {lo} and {hi}")
         return value
 
+    def bool_arg(self, name: str, default: bool) -> bool:
+        raw = (self.get_query_argument(name, None) or "").strip().lower()
+        if raw == "":
+            return default
+        if raw in ("true", "1"):
+            return True
+        if raw in ("false", "0"):
+            return False
+        raise ApiError(422, f"{name}: must be true or false")
+
     def page_args(self) -> tuple[int, int]:
         return self.int_arg("page", 1, 1, 10_000_000), self.int_arg("page_size", 25, 1, 100)
 

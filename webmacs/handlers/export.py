@@ -1,5 +1,7 @@
 """``GET /api/v1/experiments/{id}/export/csv``: the experiment's datapoints as CSV,
 streamed page by page with constant memory (:class:`webmacs.storage.export.CsvExport`).
+``?bom=true`` puts a UTF-8 byte order mark first, so spreadsheet programs that
+guess the encoding (Excel) read units such as ``°C`` right.
 
 While one page goes out the next is read on the database executor; no connection
 or thread is held between pages, so a slow client costs nothing but its socket.
@@ -18,10 +20,13 @@ from webmacs.storage.export import plan as export_plan
 
 log = logging.getLogger("webmacs.export")
 
+UTF8_BOM = "\ufeff".encode("utf-8")
+
 
 class ExperimentCsvHandler(BaseHandler):
     @authenticated()
     async def get(self, public_id: str) -> None:
+        bom = self.bool_arg("bom", False)
         plan = await self.db.session(export_plan, public_id)
         if plan is None:
             raise ApiError(404, "Experiment not found.")
@@ -30,7 +35,7 @@ class ExperimentCsvHandler(BaseHandler):
         self.set_header("Content-Type", "text/csv; charset=utf-8")
         self.set_header("Content-Disposition", f'attachment; filename="{export_filename(plan.name, public_id)}"')
         self.set_header("X-Content-Type-Options", "nosniff")
-        self.write(csv_header())
+        self.write(UTF8_BOM + csv_header() if bom else csv_header())
         pending = None
         try:
             await self.flush()  # headers and the CSV header row go out at once

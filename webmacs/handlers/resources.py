@@ -306,6 +306,36 @@ def _unique_event_name(session, base: str) -> str:
     return name
 
 
+def create_instance(session, body: dict, user_id: int | None) -> PluginInstance:
+    """A plugin instance from a validated :data:`INSTANCE_SPEC` body, with one channel
+    mapping per channel of its plugin, each linked to a new event when
+    ``auto_create_events`` (POST /plugins, and ``webmacs serve --demo``). The caller
+    commits and announces the linkage change."""
+    plugin = _plugin_class(session, body["plugin_id"])
+    inst = PluginInstance(
+        plugin_id=body["plugin_id"], instance_name=body["instance_name"], demo_mode=body["demo_mode"],
+        enabled=body["enabled"], status=_status(body["enabled"], body["demo_mode"]),
+        config_json=json.dumps(body["config_json"]) if body.get("config_json") is not None else None,
+        user_id=user_id,
+    )
+    session.add(inst)
+    session.flush()
+    for ch in plugin.channels() if plugin is not None else []:
+        event_id = None
+        if body["auto_create_events"]:
+            event = Event(name=_unique_event_name(session, f"{inst.instance_name} {ch.channel_name}"),
+                          type="actuator" if ch.direction == "output" else "sensor", unit=ch.unit,
+                          min_value=ch.min_value, max_value=ch.max_value, user_id=user_id)
+            session.add(event)
+            session.flush()
+            event_id = event.id
+        session.add(ChannelMapping(instance_id=inst.id, channel_id=ch.channel_id,
+                                   channel_name=ch.channel_name, direction=ch.direction, unit=ch.unit,
+                                   event_id=event_id))
+    session.flush()
+    return inst
+
+
 class PluginsAvailableHandler(BaseHandler):
     @authenticated()
     async def get(self) -> None:
@@ -341,29 +371,7 @@ class PluginsHandler(_Invalidating):
         body = self.validated(INSTANCE_SPEC)
 
         def create(session):
-            plugin = _plugin_class(session, body["plugin_id"])
-            inst = PluginInstance(
-                plugin_id=body["plugin_id"], instance_name=body["instance_name"], demo_mode=body["demo_mode"],
-                enabled=body["enabled"], status=_status(body["enabled"], body["demo_mode"]),
-                config_json=json.dumps(body["config_json"]) if body.get("config_json") is not None else None,
-                user_id=self.principal.user_id,
-            )
-            session.add(inst)
-            session.flush()
-            for ch in plugin.channels() if plugin is not None else []:
-                event_id = None
-                if body["auto_create_events"]:
-                    event = Event(name=_unique_event_name(session, f"{inst.instance_name} {ch.channel_name}"),
-                                  type="actuator" if ch.direction == "output" else "sensor", unit=ch.unit,
-                                  min_value=ch.min_value, max_value=ch.max_value, user_id=self.principal.user_id)
-                    session.add(event)
-                    session.flush()
-                    event_id = event.id
-                session.add(ChannelMapping(instance_id=inst.id, channel_id=ch.channel_id,
-                                           channel_name=ch.channel_name, direction=ch.direction, unit=ch.unit,
-                                           event_id=event_id))
-            session.flush()
-            return instance_dict(session, inst)
+            return instance_dict(session, create_instance(session, body, self.principal.user_id))
 
         self.success("Plugin instance created.", 201, await self.commit(create))
 
