@@ -132,6 +132,12 @@ class Settings:
     # WEBMACS_OTA_MAX_FILE_MB: largest firmware file an upload may send (1..102400 MB);
     # bigger uploads are refused with 413.
     ota_max_file_mb: int = 512
+    # WEBMACS_METRICS_TOKEN: bearer token Prometheus must send to GET /metrics
+    # (at least 16 characters; see docs/metrics.md). Empty (default): no token.
+    metrics_token: str = field(default="", repr=False)
+    # WEBMACS_METRICS_PUBLIC: with no token, serve /metrics to anyone who reaches the
+    # port (true/false, default false). With neither set, /metrics answers 404.
+    metrics_public: bool = False
     extra: dict = field(default_factory=dict)
 
     @property
@@ -174,6 +180,10 @@ class Settings:
         s.plugin_max_upload_mb = _int(env, "WEBMACS_PLUGIN_MAX_UPLOAD_MB", s.plugin_max_upload_mb, 1, 1024)
         s.ota_storage_dir = (env.get("WEBMACS_OTA_STORAGE_DIR") or "").strip() or _data_dir(s.database_url, "ota")
         s.ota_max_file_mb = _int(env, "WEBMACS_OTA_MAX_FILE_MB", s.ota_max_file_mb, 1, 102400)
+        s.metrics_token = (env.get("WEBMACS_METRICS_TOKEN") or "").strip()
+        if s.metrics_token and len(s.metrics_token) < 16:
+            raise ConfigError("WEBMACS_METRICS_TOKEN must be at least 16 characters")
+        s.metrics_public = _bool(env, "WEBMACS_METRICS_PUBLIC", s.metrics_public)
         key = env.get("WEBMACS_SECRET_KEY") or ""
         if s.env == "production":
             if len(key.encode()) < 32:

@@ -21,7 +21,7 @@ from typing import Awaitable, Callable, Iterator
 from sqlalchemy import delete
 from tornado.ioloop import PeriodicCallback
 
-from webmacs import accounts
+from webmacs import accounts, metrics
 from webmacs.broadcast import ConnectionManager
 from webmacs.cache import LINKAGE, RULES, WEBHOOKS, CachedView, Changes
 from webmacs.config import ConfigError, Settings
@@ -104,6 +104,8 @@ class Services:
         # system.health_changed must fire when the database goes and comes back even
         # if nobody is polling /health.
         self._every(HEALTH_CHECK_INTERVAL * 1000, self._check_health)
+        if metrics.multiprocess():  # each worker's share of the state gauges, for any worker's scrape
+            self._every(metrics.MULTIPROCESS_REFRESH_MS, lambda: metrics.refresh(self))
 
     def _every(self, ms: float, fn: Callable[[], object | Awaitable[object]]) -> None:
         cb = PeriodicCallback(fn, ms)
@@ -120,6 +122,7 @@ class Services:
         await server_log(self.db, "Server stopped", "info")
         await self.webhooks.stop()
         self.changes.close()
+        metrics.process_exit()
 
     # --- in-flight telemetry ---------------------------------------------------------------
     @contextmanager

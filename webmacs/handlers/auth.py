@@ -7,7 +7,7 @@ import time
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from webmacs import __version__
+from webmacs import __version__, metrics
 from webmacs.accounts import TOKEN_REVOKED, USER_NOT_FOUND, end_sessions, revoke
 from webmacs.handlers.base import ApiError, BaseHandler, authenticated, get_or_404, paginate
 from webmacs.models import ROLES, ApiToken, User, utcnow
@@ -61,6 +61,8 @@ class LoginHandler(BaseHandler):
             return user if ok or (user is not None and user.password_hash is None) else None
 
         user = await self.db.session(check)
+        if user is None or user.password_hash is None:
+            metrics.LOGIN_FAILURES.inc()
         if user is None:
             raise ApiError(401, "Invalid email or password.")
         if user.password_hash is None:  # created by single sign-on
