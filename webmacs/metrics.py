@@ -4,8 +4,8 @@ Modules import this one and update a metric where the thing happens; updates are
 cheap by design: counters go up by a batch's size (never once per datapoint),
 histograms take one value per batch, commit or flush. What is a *state* rather
 than an event (connected sockets, queued datapoints, pool connections in use) is
-read from the running :class:`webmacs.services.Services` by :func:`refresh`, just
-before a scrape is answered (and every few seconds in multi-process mode, so every
+set from the running server by
+:meth:`webmacs.services.Services.refresh_metrics` just before a scrape is answered (and every few seconds in multi-process mode, so every
 worker's share is current).
 
 Exposition (:func:`exposition`): one process uses prometheus-client's default
@@ -21,13 +21,9 @@ docs/metrics.md.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram,
                                generate_latest)
-
-if TYPE_CHECKING:
-    from webmacs.services import Services
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Multi-process mode: how often each worker writes its state gauges.
@@ -86,7 +82,7 @@ LOGIN_FAILURES = Counter("webmacs_login_failures", "Password logins answered 401
 LOGIN_RATE_LIMITED = Counter(
     "webmacs_login_rate_limited", "Login attempts refused with 429 by the login rate limit.")
 
-# --- state, read at scrape time (refresh) ------------------------------------------------------
+# --- state, set at scrape time (Services.refresh_metrics) ------------------------------------------------------
 _MODE = "livesum"  # multi-process: the sum over running workers (ignored in one process)
 INGEST_QUEUE = Gauge(
     "webmacs_ingest_queue_datapoints", "Datapoints read from telemetry sockets and waiting to be "
@@ -100,21 +96,6 @@ CONTROLLERS = Gauge("webmacs_controllers_connected", "Controller telemetry socke
                     "open.", multiprocess_mode=_MODE)
 DB_POOL_IN_USE = Gauge("webmacs_db_pool_connections_in_use", "Database connections checked out of the pool.",
                        multiprocess_mode=_MODE)
-
-
-def refresh(services: "Services") -> None:
-    """Set the state gauges from the running server (IOLoop thread; a few lengths and one
-    sum over the telemetry connections)."""
-    from webmacs.broadcast import CONTROLLER, FRONTEND
-
-    hub = services.hub
-    controllers = hub.groups.get(CONTROLLER, ())
-    INGEST_QUEUE.set(sum(getattr(c.handler, "_queued_points", 0) for c in controllers))
-    BATCHES_IN_FLIGHT.set(services.inflight)
-    SUBSCRIBERS.set(hub.count(FRONTEND))
-    CONTROLLERS.set(len(controllers))
-    checkedout = getattr(services.db.engine.pool, "checkedout", None)
-    DB_POOL_IN_USE.set(checkedout() if checkedout else 0)
 
 
 def multiprocess() -> bool:

@@ -29,7 +29,7 @@ class MetricsHandler(BaseHandler):
                 return
         elif not cfg.metrics_public:
             raise ApiError(404, "Not Found")
-        metrics.refresh(self.services)  # the state gauges, on the IOLoop where that state lives
+        self.services.refresh_metrics()  # the state gauges, on the IOLoop where that state lives
         body, content_type = await asyncio.get_running_loop().run_in_executor(None, metrics.exposition)
         self.set_header("Content-Type", content_type)
         self.finish(body)
