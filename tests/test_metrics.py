@@ -7,9 +7,11 @@ checked with real separate processes sharing a PROMETHEUS_MULTIPROC_DIR.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -123,6 +125,35 @@ async def test_counters_move_with_real_traffic(server, receiver):  # noqa: F811 
     assert value(gone, "webmacs_controllers_connected") == 0
 
 
+async def test_frames_skipped_for_a_behind_subscriber(server):
+    hub = server.services.hub
+    server.services.stop_callbacks()  # flushes when the test says
+    [event] = await server.linked_events(1, prefix="Behind")
+    dashboard = await server.ws("/ws/datapoints/stream")
+    conn = next(iter(hub.groups["frontend"]))
+    conn.pending_bytes = hub.max_pending_bytes  # as if its socket were full (tests/test_ws.py does the same)
+    before = await scrape(server)
+    telemetry = await server.ws("/ws/controller/telemetry")
+    for i in range(3):
+        await telemetry.send({"datapoints": [{"value": float(i), "event_public_id": event}], "batch_id": f"s{i}"})
+        await telemetry.recv_type("ack")
+        hub.flush()
+    behind = await scrape(server)
+    assert value(behind, "webmacs_broadcast_frames_skipped_total") - value(
+        before, "webmacs_broadcast_frames_skipped_total") == 3
+    assert value(behind, "webmacs_broadcast_frames_sent_total") == value(before, "webmacs_broadcast_frames_sent_total")
+    assert value(behind, "webmacs_broadcast_flush_duration_seconds_count") - value(
+        before, "webmacs_broadcast_flush_duration_seconds_count") == 3
+    conn.pending_bytes = 0  # drained: the next completed write sends the catch-up frame
+    hub.broadcast("frontend", {"type": "noop"})
+    await wait_for(lambda: conn.behind_since is None and conn.pending_bytes == 0, message="catch-up sent")
+    frames = [await dashboard.recv(), await dashboard.recv()]  # read, so the socket can close cleanly
+    assert {"type": "datapoints_batch", "datapoints": [hub.latest[event]]} in frames, frames
+    caught_up = await scrape(server)
+    assert value(caught_up, "webmacs_broadcast_frames_sent_total") - value(
+        behind, "webmacs_broadcast_frames_sent_total") == 1
+
+
 async def test_token_required(server):
     for token in (None, "wrong-token-0123456789", TOKEN + "x", "admin"):
         resp = await server.request("GET", "/metrics", token=token)
@@ -187,6 +218,54 @@ def test_multiprocess_mode_sums_workers(tmp_path):
     assert value(samples, "webmacs_datapoints_accepted_total") == 7
     assert value(samples, "webmacs_batch_duration_seconds_count") == 2
     assert value(samples, "webmacs_subscribers_connected") == 5
+
+
+async def test_two_server_processes_answer_the_sum(database_url, tmp_path):
+    """Two real `webmacs serve` processes on one database and one PROMETHEUS_MULTIPROC_DIR:
+    either one's /metrics shows both processes' counts and sockets; a worker that stops
+    takes its gauges with it and leaves its counts."""
+    from tests.test_shutdown import ServeProcess, client_for
+
+    shared = tmp_path / "prometheus"
+    shared.mkdir()
+    env = {metrics.MULTIPROC_ENV: str(shared), "WEBMACS_METRICS_TOKEN": TOKEN}
+    first = ServeProcess(database_url, tmp_path / "first.log", **env)
+    second = ServeProcess(database_url, tmp_path / "second.log", **env)
+    clients = []
+    try:
+        await first.start()
+        clients.append(await client_for(first.port))
+        [event] = await clients[0].linked_events(1, prefix="Workers")
+        await second.start()  # after the mapping exists, so its linkage view has it
+        clients.append(await client_for(second.port))
+        for client, n in zip(clients, (1, 2)):
+            resp = await client.request("POST", "/api/v1/datapoints/batch", {"datapoints": [
+                {"value": float(i), "event_public_id": event} for i in range(n)]})
+            assert resp.code == 201, resp
+        dashboard = await clients[1].ws("/ws/datapoints/stream")
+
+        async def both_counted():
+            now = await scrape(clients[0])
+            return now if value(now, "webmacs_subscribers_connected") == 1 else None
+
+        samples = await wait_for(both_counted, timeout=20, interval=0.2, message="the second worker's gauge")
+        assert value(samples, "webmacs_datapoints_persisted_total") == 3
+        assert value(samples, "webmacs_commit_duration_seconds_count") == 2
+        assert value(await scrape(clients[1]), "webmacs_datapoints_persisted_total") == 3
+        assert not any(name.startswith("process_") for name, _ in samples)  # one worker's would mislead
+        assert len(list(shared.glob("*.db"))) >= 2
+
+        dashboard.close()
+        second.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(second.proc.wait(), 20) == 0, second.log()
+        after = await scrape(clients[0])
+        assert value(after, "webmacs_subscribers_connected") == 0
+        assert value(after, "webmacs_datapoints_persisted_total") == 3
+    finally:
+        for client in clients:
+            await client.close()
+        await first.kill()
+        await second.kill()
 
 
 def metric_names() -> set[str]:
