@@ -4,9 +4,9 @@ Modules import this one and update a metric where the thing happens; updates are
 cheap by design: counters go up by a batch's size (never once per datapoint),
 histograms take one value per batch, commit or flush. What is a *state* rather
 than an event (connected sockets, queued datapoints, pool connections in use) is
-set from the running server by
-:meth:`webmacs.services.Services.refresh_metrics` just before a scrape is answered (and every few seconds in multi-process mode, so every
-worker's share is current).
+set from the running server by :meth:`webmacs.services.Services.refresh_metrics`
+just before a scrape is answered (and every few seconds in multi-process mode, so
+every worker's share is current).
 
 Exposition (:func:`exposition`): one process uses prometheus-client's default
 registry (with its ``process_*`` and ``python_*`` collectors). When
@@ -38,7 +38,7 @@ FLUSH_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 # --- ingest -----------------------------------------------------------------------------------
 DATAPOINTS_ACCEPTED = Counter(
     "webmacs_datapoints_accepted", "Datapoints that passed validation and belong to a linked event "
-    "(WebSocket and REST), counted before they are written.")
+    "(WebSocket and REST), counted before they are written (a resent batch counts again).")
 DATAPOINTS_REJECTED = Counter(
     "webmacs_datapoints_rejected", "Datapoints refused: invalid, unknown or unlinked event, or in a "
     "batch refused as a whole (too large, nothing valid).")
@@ -82,7 +82,7 @@ LOGIN_FAILURES = Counter("webmacs_login_failures", "Password logins answered 401
 LOGIN_RATE_LIMITED = Counter(
     "webmacs_login_rate_limited", "Login attempts refused with 429 by the login rate limit.")
 
-# --- state, set at scrape time (Services.refresh_metrics) ------------------------------------------------------
+# --- state, set at scrape time (Services.refresh_metrics) ------------------------------------
 _MODE = "livesum"  # multi-process: the sum over running workers (ignored in one process)
 INGEST_QUEUE = Gauge(
     "webmacs_ingest_queue_datapoints", "Datapoints read from telemetry sockets and waiting to be "
