@@ -30,6 +30,7 @@ setup(
         "requests-futures>=1.0",
         "argon2-cffi>=23.1",
         "psutil>=5.9",  # the bundled System Monitor plugin (controller side)
+        "prometheus-client>=0.20",  # /metrics (webmacs.metrics)
     ],
     extras_require={
         "test": [

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable
 
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from webmacs import timefmt
+from webmacs import metrics, timefmt
 from webmacs.jsoncodec import encode
 
 log = logging.getLogger("webmacs.broadcast")
@@ -136,16 +136,23 @@ class ConnectionManager:
         self._close_stalled(now)
         if not self.buffer:
             return
+        started = time.perf_counter()
         points = self.buffer
         self.buffer = {}
         frame = encode({"type": "datapoints_batch", "datapoints": list(points.values())})
+        sent = skipped = 0
         for conn in list(self.groups.get(FRONTEND, ())):
             if conn.pending_bytes >= self.max_pending_bytes:
                 if conn.behind_since is None:
                     conn.behind_since = now
                 conn.missed.update(points)
+                skipped += 1
                 continue
             self._send(conn, frame)
+            sent += 1
+        metrics.FRAMES_SENT.inc(sent)
+        metrics.FRAMES_SKIPPED.inc(skipped)
+        metrics.FLUSH_DURATION.observe(time.perf_counter() - started)
 
     def broadcast(self, group: str, payload: Any) -> None:
         """Send ``payload`` (a dict, encoded once, or ready bytes) to every member of ``group``."""
@@ -191,6 +198,7 @@ class ConnectionManager:
             points = [self.latest[k] for k in missed if k in self.latest]
             if points and not conn.closed:
                 self._send(conn, encode({"type": "datapoints_batch", "datapoints": points}))
+                metrics.FRAMES_SENT.inc()
 
     def _close_stalled(self, now: float) -> None:
         for conn in list(self.groups.get(FRONTEND, ())):

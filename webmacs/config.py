@@ -169,6 +169,12 @@ class Settings:
     # WEBMACS_EXPERIMENT_RETENTION_DAYS: days datapoints of an experiment are kept,
     # counted from each reading's time. 0 or empty (the default): kept forever.
     experiment_retention_days: int = 0
+    # WEBMACS_METRICS_TOKEN: bearer token Prometheus must send to GET /metrics
+    # (at least 16 characters; see docs/metrics.md). Empty (default): no token.
+    metrics_token: str = field(default="", repr=False)
+    # WEBMACS_METRICS_PUBLIC: with no token, serve /metrics to anyone who reaches the
+    # port (true/false, default false). With neither set, /metrics answers 404.
+    metrics_public: bool = False
     extra: dict = field(default_factory=dict)
 
     @property
@@ -223,6 +229,10 @@ class Settings:
         s.retention_days = _int(env, "WEBMACS_RETENTION_DAYS", s.retention_days, 0, 365 * 1000)
         s.experiment_retention_days = _int(env, "WEBMACS_EXPERIMENT_RETENTION_DAYS",
                                            s.experiment_retention_days, 0, 365 * 1000)
+        s.metrics_token = (env.get("WEBMACS_METRICS_TOKEN") or "").strip()
+        if s.metrics_token and len(s.metrics_token) < 16:
+            raise ConfigError("WEBMACS_METRICS_TOKEN must be at least 16 characters")
+        s.metrics_public = _bool(env, "WEBMACS_METRICS_PUBLIC", s.metrics_public)
         key = env.get("WEBMACS_SECRET_KEY") or ""
         if s.env == "production":
             if len(key.encode()) < 32:

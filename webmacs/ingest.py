@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from webmacs import timefmt
+from webmacs import metrics, timefmt
 from webmacs.cache import CachedView
 from webmacs.db import DATABASE_ERRORS, Database
 from webmacs.storage.datapoints import Writer
@@ -153,6 +154,7 @@ class IngestPipeline:
             raise IngestError("'datapoints' must be an array")
         too_large = check_batch_size(raw_points)
         if too_large:
+            metrics.DATAPOINTS_REJECTED.inc(len(raw_points))
             raise IngestError(too_large)
         bad_id = check_batch_id(batch_id)
         if bad_id:
@@ -165,6 +167,7 @@ class IngestPipeline:
                 valid.append(validate_point(raw, now))
             except ValueError as exc:
                 if strict:
+                    metrics.DATAPOINTS_REJECTED.inc(len(raw_points))
                     raise IngestError(f"datapoints[{i}]: {exc}") from None
                 if len(errors) < MAX_ERRORS:
                     errors.append(f"datapoints[{i}]: {exc}")
@@ -188,11 +191,14 @@ class IngestPipeline:
             infos[info.id] = info
             rows.append((ts or now, info.id, value))
         rejected = len(raw_points) - len(rows)
+        metrics.DATAPOINTS_REJECTED.inc(rejected)
         if not rows:
             raise IngestError(NO_VALID, errors=errors)
+        metrics.DATAPOINTS_ACCEPTED.inc(len(rows))
         experiment = linkage.experiment
 
         # 3. persist: one transaction, one bulk write
+        started = time.perf_counter()
         try:
             duplicate, accepted, rejected_stored, ids = await self.db.run(
                 self.writer.write, rows, experiment[0] if experiment else None, batch_id, sender, len(rows),
@@ -203,8 +209,11 @@ class IngestPipeline:
         except Exception:
             log.exception("batch not stored: unexpected error")
             raise IngestError(INTERNAL) from None
+        metrics.COMMIT_DURATION.observe(time.perf_counter() - started)
         if duplicate:
+            metrics.DUPLICATE_BATCHES.inc()
             return BatchResult(accepted, rejected_stored, duplicate=True)
+        metrics.DATAPOINTS_PERSISTED.inc(len(rows))
 
         # 4. last value per event -> listeners (they queue, never block)
         exp_public = experiment[1] if experiment else None

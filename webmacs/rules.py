@@ -30,6 +30,7 @@ from typing import Iterable
 
 from sqlalchemy import bindparam, case, or_, select, update
 
+from webmacs import metrics
 from webmacs.cache import CachedView
 from webmacs.db import Database
 from webmacs.models import LogEntry, Rule
@@ -229,6 +230,7 @@ class RuleEngine:
                             self._last[c.rule.id] = c.previous_hint
                 continue
             self._last.update(refused)
+            metrics.RULE_TRIGGERS.inc(len(fired))
             for c in fired:
                 if c.rule.action_type == "webhook":
                     self.webhooks.emit(c.rule.webhook_event_type or "sensor.threshold_exceeded", {

@@ -21,8 +21,8 @@ from typing import AsyncIterator, Awaitable, Callable, Iterator
 from sqlalchemy import delete, text
 from tornado.ioloop import PeriodicCallback
 
-from webmacs import accounts
-from webmacs.broadcast import ConnectionManager
+from webmacs import accounts, metrics
+from webmacs.broadcast import CONTROLLER, FRONTEND, ConnectionManager
 from webmacs.cache import LINKAGE, RULES, WEBHOOKS, CachedView, Changes
 from webmacs.config import ConfigError, Settings
 from webmacs.db import Database, current_revision, head_revision, upgrade
@@ -113,6 +113,8 @@ class Services:
         # system.health_changed must fire when the database goes and comes back even
         # if nobody is polling /health.
         self._every(HEALTH_CHECK_INTERVAL * 1000, self._check_health)
+        if metrics.multiprocess():  # each worker's share of the state gauges, for any worker's scrape
+            self._every(metrics.MULTIPROCESS_REFRESH_MS, self.refresh_metrics)
 
     def _every(self, ms: float, fn: Callable[[], object | Awaitable[object]]) -> None:
         cb = PeriodicCallback(fn, ms)
@@ -130,6 +132,7 @@ class Services:
         await self.webhooks.stop()
         self.changes.close()
         self.health.close()
+        metrics.process_exit()
 
     # --- in-flight telemetry ---------------------------------------------------------------
     @contextmanager
@@ -205,6 +208,17 @@ class Services:
         if previous is not None and previous != ok:
             status = "ok" if ok else "degraded"
             self.webhooks.emit("system.health_changed", {"status": status, "database": "ok" if ok else "error"})
+
+    def refresh_metrics(self) -> None:
+        """Set the state gauges of :mod:`webmacs.metrics` (IOLoop thread: a few lengths and one
+        sum over the telemetry connections' queues)."""
+        controllers = self.hub.groups.get(CONTROLLER, ())
+        metrics.INGEST_QUEUE.set(sum(getattr(c.handler, "_queued_points", 0) for c in controllers))
+        metrics.BATCHES_IN_FLIGHT.set(self.inflight)
+        metrics.SUBSCRIBERS.set(self.hub.count(FRONTEND))
+        metrics.CONTROLLERS.set(len(controllers))
+        checkedout = getattr(self.db.engine.pool, "checkedout", None)
+        metrics.DB_POOL_IN_USE.set(checkedout() if checkedout else 0)
 
     def last_datapoint_time(self) -> datetime | None:
         return self.pipeline.last_time

@@ -59,7 +59,7 @@ import requests
 from requests_futures.sessions import FuturesSession
 from sqlalchemy import bindparam, insert, select, update
 
-from webmacs import __version__, timefmt
+from webmacs import __version__, metrics, timefmt
 from webmacs.cache import CachedView
 from webmacs.config import Settings
 from webmacs.db import Database
@@ -74,6 +74,8 @@ DROPPED = "dropped: dispatcher overloaded"
 DISABLED = "cancelled: webhook disabled"
 FLUSH_MAX_EVENTS = 200  # events fanned out per writer transaction
 DEVICE = socket.gethostname()
+# A delivery row's new status -> its webmacs_webhook_deliveries outcome ("pending" again: a retry).
+_OUTCOME = {"pending": "retried"}
 
 _T = WebhookDelivery.__table__
 
@@ -349,6 +351,7 @@ class WebhookDispatcher:
                 self._unflushed.discard(u["b_id"])
         dropped = len(inserts) - len(keep)
         if dropped:
+            metrics.WEBHOOK_DELIVERIES.labels("failed").inc(dropped)
             self.dropped_deliveries += dropped
             if time.monotonic() - self._overload_logged_at >= 10:
                 self._overload_logged_at = time.monotonic()
@@ -450,6 +453,7 @@ class WebhookDispatcher:
         row = {"b_id": d.id, "b_status": "pending", "b_attempts": d.attempts, "b_last_error": None,
                "b_response_code": None, "b_next_attempt_at": None, "b_delivered_on": None}
         row.update(values)
+        metrics.WEBHOOK_DELIVERIES.labels(_OUTCOME.get(row["b_status"], row["b_status"])).inc()
         self._updates.append(row)
         self._wake.set()
 

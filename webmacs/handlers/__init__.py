@@ -21,6 +21,7 @@ MODULES = (
     "webmacs.handlers.dashboards",
     "webmacs.handlers.ota",
     "webmacs.handlers.ws",
+    "webmacs.handlers.metrics",
 )
 
 

@@ -7,7 +7,7 @@ import time
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from webmacs import __version__
+from webmacs import __version__, metrics
 from webmacs.accounts import TOKEN_REVOKED, USER_NOT_FOUND, end_sessions, revoke
 from webmacs.handlers.base import ApiError, BaseHandler, authenticated, get_or_404, paginate, too_many
 from webmacs.models import ROLES, ApiToken, User, utcnow
@@ -62,6 +62,7 @@ class LoginHandler(BaseHandler):
         email = body["email"]
         wait = guards.logins.blocked_for(email)
         if wait:
+            metrics.LOGIN_RATE_LIMITED.inc()
             raise too_many("Too many failed logins for this account, try again later.", wait)
 
         def load(session):
@@ -75,6 +76,7 @@ class LoginHandler(BaseHandler):
         except HashBusy:
             raise ApiError(503, "Too many logins in progress, retry.", {"Retry-After": "1"}) from None
         if not ok:
+            metrics.LOGIN_FAILURES.inc()
             if user is not None and user[2] is None:  # created by single sign-on: no password to check
                 raise ApiError(401, NO_PASSWORD)
             guards.logins.failed(email)

@@ -27,6 +27,7 @@ from sqlalchemy.orm import aliased
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from webmacs.accounts import AuthError, Principal, authenticate
+from webmacs import metrics
 from webmacs.jsoncodec import dumps
 from webmacs.models import User
 from webmacs.ratelimit import retry_after
@@ -226,6 +227,7 @@ class BaseHandler(RequestHandler):
         if self.rate_limited and not self._rate_exempt():
             wait = self.services.guards.check_ip(self.request.remote_ip)
             if wait:
+                metrics.RATE_LIMITED.inc()
                 raise too_many("Too many requests, slow down.", wait)
 
     def _rate_exempt(self) -> bool:

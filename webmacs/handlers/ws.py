@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from tornado.websocket import WebSocketHandler
 
+from webmacs import metrics
 from webmacs.accounts import AuthError, authenticate
 from webmacs.broadcast import CONTROLLER, FRONTEND, Connection
 from webmacs.db import DATABASE_ERRORS
@@ -172,7 +173,7 @@ class TelemetryHandler(_Socket):
             self.error(message, batch_id=batch_id, retry=retry, **({"errors": errors} if errors else {}))
 
     def initialize(self) -> None:
-        # [datapoints, batch_id, frame size, answered]; the first one is being stored
+        # [datapoints, batch_id, frame size, answered, read at]; the first one is being stored
         self._queue: deque[list] = deque()
         self._queued_bytes = 0
         self._queued_points = 0
@@ -198,13 +199,14 @@ class TelemetryHandler(_Socket):
             return
         too_large = check_batch_size(points)
         if too_large:
+            metrics.DATAPOINTS_REJECTED.inc(len(points))
             self.reject(too_large, batch_id)
             return
         if self._queue and (self._queued_bytes + size > MAX_QUEUED_BYTES
                             or self._queued_points + len(points) > MAX_QUEUED_POINTS):
             self.reject(OVERLOADED, batch_id, retry=True)
             return
-        self._queue.append([points, batch_id, size, False])
+        self._queue.append([points, batch_id, size, False, time.perf_counter()])
         self._queued_bytes += size
         self._queued_points += len(points)
         services.batch_queued()
@@ -216,7 +218,7 @@ class TelemetryHandler(_Socket):
         services = self.services
         while self._queue:
             item = self._queue[0]
-            points, batch_id, size, _ = item
+            points, batch_id = item[0], item[1]
             try:
                 result = await services.pipeline.ingest(points, batch_id=batch_id, sender=self.conn.sender)
             except IngestError as exc:
@@ -226,6 +228,7 @@ class TelemetryHandler(_Socket):
                 if batch_id is not None and not item[3]:
                     self.send(_ack(batch_id, result))
             finally:
+                metrics.BATCH_DURATION.observe(time.perf_counter() - item[4])
                 self._forget(self._queue.popleft())
 
     def _forget(self, item: list) -> None:
