@@ -185,3 +185,16 @@ async def test_shutdown_with_a_hung_database_answers_every_batch_within_the_time
         writer.write = original
         await srv.close()
         srv.services.db.close()
+
+
+async def test_batches_as_fast_as_they_are_answered_are_not_cut_off(server):
+    """The message rate limit counts pings and bad frames, not batches: a controller
+    sending small batches back to back (each waiting for its ack) keeps its socket."""
+    [event] = await server.linked_events(1)
+    tel = await server.ws(TELEMETRY)
+    for i in range(ws_handlers.MESSAGE_BURST + 200):
+        await tel.send({"batch_id": f"fast-{i}", "datapoints": [{"value": float(i), "event_public_id": event}]})
+        if i % 100 == 99:  # ten in flight at a time keeps this quick
+            await tel.recv_type("ack")
+    await tel.send({"type": "ping"})
+    assert (await tel.recv_type("pong"))["type"] == "pong"

@@ -46,9 +46,11 @@ log = logging.getLogger("webmacs.ws")
 # controller, a few tens of MB of parsed objects at the very worst.
 MAX_QUEUED_BYTES = 4 * 1024 * 1024
 MAX_QUEUED_POINTS = 25_000
-# Frames per second one connection may send (bursts up to MESSAGE_BURST): a controller
-# sends a batch or a ping now and then, a dashboard a ping; a flood of tiny frames costs
-# the loop a parse each, so its sender is cut off (1008 "Too many messages").
+# Messages per second one connection may send besides telemetry batches (pings, bad
+# frames, anything on the read-only stream), in bursts up to MESSAGE_BURST: a client
+# pings now and then; a flood of tiny frames costs the loop a parse and a reply each,
+# so its sender is cut off (1008 "Too many messages"). Batches are bounded by the
+# per-connection queue instead: a controller may send them as fast as it is answered.
 MESSAGE_RATE = 200
 MESSAGE_BURST = 1000
 OVERLOADED = "Server overloaded: batch not stored"
@@ -113,17 +115,22 @@ class _Socket(WebSocketHandler):
     def on_message(self, message: str | bytes) -> None:
         if self.conn is None or self.conn.closed:  # not (or no longer) authenticated
             return
-        if not self._frame_allowed():
+        data = self.parse(message)
+        if not (data is not None and self.is_work(data)) and not self._frame_allowed():
             log.info("closing a client sending more than %d messages per second", MESSAGE_RATE)
             self.services.hub.abort(self.conn, 1008, "Too many messages")
             return
-        data = self.parse(message)
         if data is None:
             return
         if data.get("type") == "ping":
             self.send({"type": "pong"})
             return
         self.handle(data, len(message))
+
+    def is_work(self, data: dict) -> bool:
+        """A message that asks for real work (a telemetry batch): bounded by the
+        per-connection queue rather than by the message rate."""
+        return False
 
     def handle(self, data: dict, size: int) -> None:
         raise NotImplementedError
@@ -145,7 +152,8 @@ class _Socket(WebSocketHandler):
         """Answer what was read and not stored (telemetry only)."""
 
     def parse(self, message: str | bytes) -> dict | None:
-        """The frame as a JSON object, or None after answering an error."""
+        """The frame as a JSON object, or None after answering an error (counted against
+        the message rate like any frame that is not a batch)."""
         try:
             data = json.loads(message)
         except (ValueError, UnicodeDecodeError):
@@ -171,6 +179,9 @@ class TelemetryHandler(_Socket):
             self.error(message)
         else:
             self.error(message, batch_id=batch_id, retry=retry, **({"errors": errors} if errors else {}))
+
+    def is_work(self, data: dict) -> bool:
+        return data.get("type") != "ping" and "datapoints" in data
 
     def initialize(self) -> None:
         # [datapoints, batch_id, frame size, answered, read at]; the first one is being stored
