@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 
 from webmacs import __version__, metrics
 from webmacs.accounts import TOKEN_REVOKED, USER_NOT_FOUND, end_sessions, revoke
-from webmacs.handlers.base import ApiError, BaseHandler, authenticated, get_or_404, paginate, too_many
+from webmacs.handlers.base import (ApiError, BaseHandler, authenticated, flush_or_409, get_or_404, paginate,
+                                   too_many)
 from webmacs.models import ROLES, ApiToken, User, utcnow
 from webmacs.security import HashBusy, create_jwt, needs_rehash, new_api_token
 from webmacs.timefmt import api as iso
@@ -149,10 +149,7 @@ class UsersHandler(BaseHandler):
             user = User(email=body["email"], username=body["username"], password_hash=password_hash,
                         role=_role_from(body) or "viewer")
             session.add(user)
-            try:
-                session.flush()
-            except IntegrityError:
-                raise ApiError(409, "A user with this email or username already exists.") from None
+            flush_or_409(session, "A user with this email or username already exists.")
             return user_dict(user)
 
         self.success("User successfully created.", 201, await self.db.session(create))
@@ -183,10 +180,7 @@ class UserHandler(BaseHandler):
                 user.password_hash = password_hash
             if role_changed or password_hash:
                 end_sessions(user)
-            try:
-                session.flush()
-            except IntegrityError:
-                raise ApiError(409, "A user with this email or username already exists.") from None
+            flush_or_409(session, "A user with this email or username already exists.")
             return user_dict(user), user.id, role_changed
 
         resource, user_id, role_changed = await self.db.session(update)

@@ -22,7 +22,7 @@ from itertools import accumulate, repeat
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import aliased
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
@@ -352,6 +352,14 @@ Owner = aliased(User)
 
 def owner_public_id(session, user_id: int | None) -> str | None:
     return session.execute(select(User.public_id).where(User.id == user_id)).scalar() if user_id else None
+
+
+def flush_or_409(session, detail: str) -> None:
+    """Flush pending changes; a unique constraint they break is a 409 with ``detail``."""
+    try:
+        session.flush()
+    except IntegrityError:
+        raise ApiError(409, detail) from None
 
 
 def paginate(session, stmt, page: int, page_size: int, to_dict: Callable) -> dict[str, Any]:

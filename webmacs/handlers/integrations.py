@@ -12,10 +12,10 @@ import json
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from webmacs.cache import RULES, WEBHOOKS
-from webmacs.handlers.base import ApiError, BaseHandler, Owner, authenticated, get_or_404, owner_public_id, paginate
+from webmacs.handlers.base import (ApiError, BaseHandler, Owner, authenticated, flush_or_409, get_or_404,
+                                   owner_public_id, paginate)
 from webmacs.models import (
     DELIVERY_STATUSES,
     LOGGING_TYPES,
@@ -88,11 +88,7 @@ def _apply_webhook(hook: Webhook, body: dict) -> None:
         hook.enabled = body["enabled"]
 
 
-def _flush_unique_url(session) -> None:
-    try:
-        session.flush()
-    except IntegrityError:
-        raise ApiError(409, "A webhook with this URL already exists.") from None
+DUPLICATE_URL = "A webhook with this URL already exists."
 
 
 class _WebhookWrite(BaseHandler):
@@ -114,7 +110,7 @@ class WebhooksHandler(_WebhookWrite):
             hook = Webhook(user_id=self.principal.user_id)
             _apply_webhook(hook, body)
             session.add(hook)
-            _flush_unique_url(session)
+            flush_or_409(session, DUPLICATE_URL)
             return webhook_dict(hook, self.principal.public_id)
 
         self.success("Webhook successfully created.", 201, await self.commit(create))
@@ -136,7 +132,7 @@ class WebhookHandler(_WebhookWrite):
         def change(session):
             hook = get_or_404(session, Webhook, public_id, "Webhook")
             _apply_webhook(hook, body)
-            _flush_unique_url(session)
+            flush_or_409(session, DUPLICATE_URL)
             return webhook_dict(hook, owner_public_id(session, hook.user_id))
 
         self.success("Webhook successfully updated.", resource=await self.commit(change))

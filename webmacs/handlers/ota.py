@@ -26,14 +26,13 @@ import uuid
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from tornado.ioloop import IOLoop
 from tornado.web import stream_request_body
 
 import webmacs
 from webmacs.accounts import AuthError, authenticate
-from webmacs.handlers.base import (ROLE_MESSAGES, ApiError, BaseHandler, Owner, authenticated, get_or_404,
-                                   owner_public_id, paginate)
+from webmacs.handlers.base import (ApiError, BaseHandler, Owner, ROLE_MESSAGES, authenticated, flush_or_409,
+                                   get_or_404, owner_public_id, paginate)
 from webmacs.jsoncodec import dumps
 from webmacs.models import UPDATE_STATUSES, FirmwareUpdate, utcnow
 from webmacs.timefmt import api as iso
@@ -131,10 +130,7 @@ class UpdatesHandler(_OtaBase):
             fw = FirmwareUpdate(version=body["version"], changelog=body.get("changelog"),
                                 user_id=self.principal.user_id)
             session.add(fw)
-            try:
-                session.flush()
-            except IntegrityError:
-                raise ApiError(409, f"Firmware update {body['version']} already exists.") from None
+            flush_or_409(session, f"Firmware update {body['version']} already exists.")
             return update_dict(fw, self.principal.public_id)
 
         self.success("Firmware update successfully registered.", 201, await self.db.session(create))

@@ -24,10 +24,9 @@ from datetime import datetime, timezone
 from importlib.metadata import distributions
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from tornado.web import stream_request_body
 
-from webmacs.handlers.base import ApiError, BaseHandler, authenticated, get_or_404
+from webmacs.handlers.base import ApiError, BaseHandler, authenticated, flush_or_409, get_or_404
 from webmacs.models import PluginPackage
 from webmacs.timefmt import api as iso
 from webmacs.uploads import MultipartError, MultipartFile, boundary_of
@@ -235,10 +234,7 @@ class PackageUploadHandler(BaseHandler):
                                 file_name=file_name, file_size_bytes=rec.size, sha256=sha256,
                                 user_id=self.principal.user_id)
             session.add(pkg)
-            try:
-                session.flush()
-            except IntegrityError:
-                raise ApiError(409, f"Package {name!r} already exists; uninstall it first.") from None
+            flush_or_409(session, f"Package {name!r} already exists; uninstall it first.")
             os.replace(self.tmp_path, final)  # before the commit: a failed move rolls the row back
             self.tmp_path = None
             return package_dict(pkg)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 
 from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError
 
 from webmacs.cache import LINKAGE, RULES
-from webmacs.handlers.base import ApiError, BaseHandler, Owner, authenticated, get_or_404, owner_public_id, paginate
+from webmacs.handlers.base import (ApiError, BaseHandler, Owner, authenticated, flush_or_409, get_or_404,
+                                   owner_public_id, paginate)
 from webmacs.models import (
     CHANNEL_DIRECTIONS,
     EVENT_TYPES,
@@ -83,10 +83,7 @@ class EventsHandler(_Invalidating):
         def create(session):
             event = Event(user_id=self.principal.user_id, **body)
             session.add(event)
-            try:
-                session.flush()
-            except IntegrityError:
-                raise ApiError(409, "An event with this name already exists.") from None
+            flush_or_409(session, "An event with this name already exists.")
             return event_dict(event, self.principal.public_id)
 
         self.success("Event successfully created.", 201, await self.commit(create))
@@ -110,10 +107,7 @@ class EventHandler(_Invalidating):
             for key, value in body.items():
                 setattr(event, key, value)
             _check_range({"min_value": event.min_value, "max_value": event.max_value})
-            try:
-                session.flush()
-            except IntegrityError:
-                raise ApiError(409, "An event with this name already exists.") from None
+            flush_or_409(session, "An event with this name already exists.")
             return event_dict(event, owner_public_id(session, event.user_id))
 
         self.success("Event successfully updated.", resource=await self.commit(update))
@@ -437,10 +431,7 @@ class ChannelsHandler(_Invalidating):
                                channel_name=body["channel_name"], direction=body["direction"], unit=body["unit"],
                                event_id=_event_id(session, body.get("event_public_id")))
             session.add(m)
-            try:
-                session.flush()
-            except IntegrityError:  # a concurrent request mapped it first
-                raise ApiError(409, taken) from None
+            flush_or_409(session, taken)
             return mapping_dict(m, body.get("event_public_id"))
 
         self.success("Channel mapping successfully created.", 201, await self.commit(create))
