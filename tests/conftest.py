@@ -211,6 +211,19 @@ class WS:
     def close(self) -> None:
         self.conn.close()
 
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Close and wait until the TCP connection is really gone: a socket still
+        mid-handshake when the test's event loop ends is garbage-collected later and
+        raises ResourceWarning inside whatever test runs then."""
+        self.conn.close()
+        deadline = time.monotonic() + timeout
+        try:
+            while await asyncio.wait_for(self.conn.read_message(), max(0.01, deadline - time.monotonic())) is not None:
+                pass
+        except (asyncio.TimeoutError, TimeoutError):
+            if self.conn.protocol is not None:  # the server never answered the close: drop the TCP connection
+                self.conn.protocol.stream.close()
+
 
 class TestServer:
     def __init__(self, services: Services, port: int) -> None:
@@ -288,8 +301,7 @@ class TestServer:
         return ids
 
     async def close(self) -> None:
-        for sock in self._sockets:
-            sock.close()
+        await asyncio.gather(*(sock.aclose() for sock in self._sockets))
         self.http.close()
 
 
