@@ -30,6 +30,7 @@ async def test_create_get_delete_datapoint(server):
 async def test_create_validation(server, body, fragment):
     resp = await server.request("POST", "/api/v1/datapoints", body)
     assert resp.code == 422 and fragment in resp.json["detail"]
+    assert not resp.json["detail"].startswith("datapoints["), resp.json  # one reading, not a list
 
 
 async def test_unknown_event_is_404(server):

@@ -40,7 +40,8 @@ class DatapointsHandler(BaseHandler):
                 if not await self.db.session(datapoints.event_exists, body["event_public_id"]):
                     raise ApiError(404, "Event not found.") from None
                 raise ApiError(409, "Event is not linked to an enabled plugin instance.") from None
-            raise ApiError(exc.status, exc.message) from None
+            # one reading, not a batch: name the field, not its place in a list
+            raise ApiError(exc.status, exc.message.removeprefix("datapoints[0]: ")) from None
         public_id = result.ids[0]
         self.success("Datapoint successfully created.", 201, {
             "public_id": public_id, "value": float(body["value"]),
