@@ -113,7 +113,7 @@ function Shell({ session, onLogout }) {
       <div class="session">
         <span class="user" title=${session.user.email}>
           <span id="user-name" class="user-name">${session.user.username}</span>
-          <span class="role-tag"><span class="role-label">role</span> <span id="user-role">${session.user.role}</span></span>
+          <span class="role-tag" title="Role"><span class="role-label">role</span> <span id="user-role">${session.user.role}</span></span>
         </span>
         <button id="logout" type="button" class="quiet" onClick=${onLogout}>Log out</button>
       </div>

@@ -217,7 +217,7 @@ export function Chart({ data, labels, height, xRange, className }) {
     plot.current.setData(data, !xRange);
     if (xRange) plot.current.setScale("x", { min: xRange[0], max: xRange[1] });
   });
-  return html`<div class=${"chart " + (className || "")} ref=${box}></div>`;
+  return html`<div class=${"chart " + (className || "")} ref=${box} data-points=${data[0].length}></div>`;
 }
 
 /* Empty and loading states of a list. */
