@@ -86,9 +86,12 @@ function DataAge({ live }) {
 }
 
 function Connection({ live }) {
-  const [mode, setMode] = useState(live.mode);
+  const [, changed] = useState(0);
   useNow(1000);  // the tooltip counts down to the next try
-  useEffect(() => live.onMode(setMode), [live]);
+  // re-render on a change; the mode itself is read from the connection on every render,
+  // so a change between the first render and this subscription is not missed
+  useEffect(() => live.onMode(() => changed((n) => n + 1)), [live]);
+  const mode = live.mode;
   return html`<span id="connection" class="connection" data-mode=${mode} title=${live.describe()}>
     <span class="connection-dot" aria-hidden="true"></span>
     <span id="connection-mode">${mode}</span>
