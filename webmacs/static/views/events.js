@@ -1,5 +1,6 @@
 /* Events: list, create, edit, delete. Deleting warns with the number of datapoints the
- * event has (they are deleted with it, docs/webapp.md). */
+ * event has: they stay stored, but without their event they are no longer shown or
+ * exported (docs/webapp.md). */
 import { html, useState } from "../core/html.js";
 import { Field, FormDialog, ErrorText, useAction, useLoad, Dialog } from "../core/ui.js";
 import { ViewHead, Table, useList } from "../core/crud.js";
@@ -51,7 +52,7 @@ function DeleteEvent({ session, event, onClose, onDeleted }) {
       : count === null ? "Counting its datapoints…"
       : count === 0 ? "It has no datapoints."
       : "It has " + count.toLocaleString("en-US") + " datapoint" + (count === 1 ? "" : "s") +
-        ". Rules on it are deleted with it, its channel mappings and dashboard widgets lose their event, and its datapoints are no longer shown or exported."}</p>
+        ". Rules on it are deleted with it, its channel mappings and dashboard widgets lose their event, and its datapoints stay stored but are no longer shown or exported."}</p>
     <${ErrorText} error=${action.error} />
     <div class="actions">
       <button type="button" class="danger armed" id="event-delete-confirm" onClick=${remove} disabled=${action.busy}>Delete event</button>
