@@ -8,7 +8,6 @@ async Playwright API runs on the test's event loop, next to the server fixture.
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 from playwright.async_api import expect
 
 from tests.conftest import ADMIN_EMAIL, wait_for
-from tests.webapp_helpers import AppPage, launch, open_app
+from tests.webapp_helpers import AppPage, browser, database_url, open_app  # noqa: F401 - fixtures
 import webmacs
 from webmacs.broadcast import FRONTEND
 
@@ -25,20 +24,6 @@ pytestmark = pytest.mark.browser
 
 LATEST = "/api/v1/datapoints/latest"
 TELEMETRY = "/ws/controller/telemetry"
-
-
-@pytest.fixture
-def database_url(sqlite_template, tmp_path) -> str:
-    """Browser tests run on a fresh SQLite database (overrides the two-backend fixture)."""
-    path = tmp_path / "webmacs.db"
-    shutil.copy(sqlite_template, path)
-    return f"sqlite:///{path}"
-
-
-@pytest.fixture
-async def browser():
-    async with launch() as browser:
-        yield browser
 
 
 class Page(AppPage):
@@ -52,7 +37,7 @@ class Page(AppPage):
 
 
 @pytest.fixture
-async def dashboard(browser, server):
+async def dashboard(browser, server):  # noqa: F811
     async with open_app(browser, server, 1600, 1000, cls=Page) as app:
         yield app
 

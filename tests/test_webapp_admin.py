@@ -7,18 +7,10 @@ from __future__ import annotations
 import pytest
 from playwright.async_api import expect
 
-from tests.test_dashboard import browser, database_url  # noqa: F401 - fixtures
 from tests.test_plugins import build_wheel, server_settings  # noqa: F401 - fixture: packages in tmp_path
-from tests.webapp_helpers import open_app
+from tests.webapp_helpers import admin, browser, database_url  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture
-async def admin(server, browser):  # noqa: F811
-    async with open_app(browser, server) as app:
-        await app.login()
-        yield app
 
 
 def row(page, table: str, text: str):

@@ -17,8 +17,7 @@ import pytest
 from playwright.async_api import expect
 
 from tests.conftest import wait_for
-from tests.test_dashboard import browser, database_url  # noqa: F401 - fixtures
-from tests.webapp_helpers import open_app
+from tests.webapp_helpers import browser, database_url, open_app  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.browser
 

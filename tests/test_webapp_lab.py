@@ -8,17 +8,9 @@ import pytest
 from playwright.async_api import expect
 
 from tests.conftest import wait_for
-from tests.test_dashboard import browser, database_url  # noqa: F401 - fixtures
-from tests.webapp_helpers import open_app
+from tests.webapp_helpers import admin, browser, database_url  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture
-async def admin(server, browser):  # noqa: F811
-    async with open_app(browser, server) as app:
-        await app.login()
-        yield app
 
 
 async def test_events_create_edit_delete_with_count_and_error(server, admin):

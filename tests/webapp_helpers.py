@@ -5,16 +5,22 @@ driven by Playwright's async API on the test's event loop).
 - ``open_app(browser, server, ...)``: a new context and page on the app, recording the
   page's uncaught errors (a test ends asserting there were none);
 - ``AppPage.login()``, ``AppPage.go(view)``, ``AppPage.shoot(view)``: sign in through the
-  form, open a view by its hash route, and write screenshots to
-  ``artifacts/<view>-1366x768.png`` and ``artifacts/<view>-390x844.png`` (not committed).
+  form, open a view through its navigation link, and write screenshots to
+  ``artifacts/<view>-1366x768.png`` and ``artifacts/<view>-390x844.png`` (not committed);
+- fixtures (import them into a test module): ``database_url`` (browser tests run on a
+  fresh SQLite database: the page talks to the same REST and WebSocket endpoints on both
+  backends, and those are covered on TimescaleDB by the other modules), ``browser``, and
+  ``admin`` (a page signed in as the admin).
 """
 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from pathlib import Path
 
+import pytest
 from playwright.async_api import async_playwright, expect
 
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
@@ -97,3 +103,24 @@ async def open_app(browser, server, width: int = 1366, height: int = 768, path: 
         assert wrapped.errors == [], wrapped.errors
     finally:
         await context.close()
+
+
+@pytest.fixture
+def database_url(sqlite_template, tmp_path) -> str:
+    """Browser tests run on a fresh SQLite database (overrides the two-backend fixture)."""
+    path = tmp_path / "webmacs.db"
+    shutil.copy(sqlite_template, path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+async def browser():
+    async with launch() as browser:
+        yield browser
+
+
+@pytest.fixture
+async def admin(server, browser):
+    async with open_app(browser, server) as app:
+        await app.login()
+        yield app
