@@ -22,6 +22,11 @@ async def test_events_create_edit_delete_with_count_and_error(server, admin):
     await admin.go("events")
     await page.click("#event-new")
     dialog = page.locator("#event-dialog")
+    # the dialog holds the focus: it starts on the first field and Tab / Shift+Tab stay inside
+    await expect(page.locator("#event-name")).to_be_focused()
+    for key in ["Tab"] * 9 + ["Shift+Tab"] * 12:
+        await page.keyboard.press(key)
+        assert await page.evaluate("document.activeElement.closest('#event-dialog') !== null"), key
     await page.fill("#event-name", "Probe 0")  # taken
     await page.fill("#event-unit", "K")
     await dialog.get_by_role("button", name="Create event").click()

@@ -85,6 +85,9 @@ class AppPage:
             await self.page.set_viewport_size({"width": width, "height": height})
             await self.page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
             await self.page.screenshot(path=str(ARTIFACTS / f"{name}-{width}x{height}.png"), full_page=True)
+            # nothing sticks out sideways (wide tables scroll inside their own box)
+            overflow = await self.page.evaluate("document.documentElement.scrollWidth")
+            assert overflow <= width, (name, width, overflow)
         if before:
             await self.page.set_viewport_size(before)
 

@@ -107,7 +107,10 @@ export function Dialog({ title, onClose, children, id }) {
     const dialog = ref.current;
     const before = document.activeElement;
     if (dialog && !dialog.open) dialog.showModal();
-    const first = dialog && dialog.querySelector("[autofocus]") || dialog.querySelector(FOCUSABLE);
+    // the first field (or button) of the body, not the header's close button
+    const body = dialog.querySelector(".dialog-body");
+    const first = dialog.querySelector("[autofocus]") || (body && body.querySelector(FOCUSABLE)) ||
+      dialog.querySelector(FOCUSABLE);
     if (first) first.focus();
     return () => {
       if (dialog && dialog.open) dialog.close();

@@ -56,7 +56,7 @@ function DeleteEvent({ session, event, onClose, onDeleted }) {
     <${ErrorText} error=${action.error} />
     <div class="actions">
       <button type="button" class="danger armed" id="event-delete-confirm" onClick=${remove} disabled=${action.busy}>Delete event</button>
-      <button type="button" class="quiet" onClick=${onClose}>Cancel</button>
+      <button type="button" class="quiet" autofocus onClick=${onClose}>Cancel</button>
     </div>
   <//>`;
 }
