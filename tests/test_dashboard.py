@@ -248,7 +248,7 @@ async def test_page_and_assets_are_served(server):
     for asset in modules:
         resp = await server.request("GET", f"/static/{asset}", token=None)
         assert resp.code == 200, asset
-        assert resp.headers["Content-Type"].split(";")[0] in ("text/javascript", "application/javascript"), asset
+        assert resp.headers["Content-Type"].split(";")[0] == "text/javascript", asset
 
 
 async def test_keepalive_ping_with_query_override(server, dashboard):
