@@ -28,6 +28,11 @@ VIEWS = {  # nav id -> something the view shows once loaded
 }
 
 
+UNNAMED = """() => Array.from(document.querySelectorAll('nav a, input, select, textarea, button'))
+    .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label') && !el.textContent.trim())
+    .map(el => el.outerHTML)"""
+
+
 async def test_every_view_opens_and_is_captured(server, browser):  # noqa: F811
     await server.linked_events(2, prefix="Probe")
     await server.request("POST", "/api/v1/experiments", {"name": "A rather long experiment name for a phone screen"})
@@ -36,9 +41,6 @@ async def test_every_view_opens_and_is_captured(server, browser):  # noqa: F811
         for view, shows in VIEWS.items():
             await app.go(view)
             await expect(app.page.locator(shows).first).to_be_visible()
+            # every link of the navigation, every form field and every button has an accessible name
+            assert await app.page.evaluate(UNNAMED) == [], view
             await app.shoot(view)
-        # every link of the navigation and every form field has an accessible name
-        unnamed = await app.page.evaluate("""() => Array.from(document.querySelectorAll('nav a, input, select, textarea'))
-            .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label') && !el.textContent.trim())
-            .map(el => el.outerHTML)""")
-        assert unnamed == []
