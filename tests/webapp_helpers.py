@@ -32,6 +32,8 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 # Fast reconnects for tests; the spec's values (3 failures, 1500 ms polling, 25 s ping) stay.
 TEST_CONFIG = "window.WEBMACS_CONFIG = {backoffBaseMs: 200, backoffMaxMs: 500};"
 SIZES = ((1366, 768), (390, 844))
+# the machine running the suite may be busy: page assertions wait up to 10 s (not 5)
+expect.set_options(timeout=10_000)
 
 
 @contextlib.asynccontextmanager
