@@ -126,3 +126,28 @@ async def test_datapoint_browser_filters_and_charts(server, admin):
     await page.get_by_role("button", name="Older").click()
     await expect(page.locator("#datapoints-table tbody tr")).to_have_count(5)
     await admin.shoot("datapoints")
+
+
+async def test_plugin_channel_linked_to_an_existing_event_and_disabled(server, admin):
+    resp = await server.request("POST", "/api/v1/plugins", {"plugin_id": "revpi", "instance_name": "Press"})
+    instance = resp.json["data"]["public_id"]
+    ch = await server.request("POST", f"/api/v1/plugins/{instance}/channels", {
+        "channel_id": "AI_1", "channel_name": "Ram force", "direction": "input", "unit": "kN", "event_public_id": None})
+    assert ch.code == 201
+    ev = await server.request("POST", "/api/v1/events", {"name": "Ram Force", "type": "sensor", "unit": "kN",
+                                                         "min_value": 0, "max_value": 500})
+    page = admin.page
+    await admin.go("plugins")
+    card = page.locator(".instance", has_text="Press")
+    await expect(card).to_contain_text("not linked")
+    await card.get_by_role("button", name="Link Ram force").click()
+    await page.select_option("#link-event", label="Ram Force (kN)")
+    await page.locator("#link-dialog").get_by_role("button", name="Link").click()
+    await expect(card.locator(".linked-event")).to_have_text("Ram Force")
+    mapping = (await server.request("GET", f"/api/v1/plugins/{instance}/channels")).json[0]
+    assert mapping["event_public_id"] == ev.json["data"]["public_id"]
+    await card.get_by_role("button", name="Disable Press").click()
+    await expect(card.locator(".pill")).to_have_text("inactive")
+    assert (await server.request("GET", f"/api/v1/plugins/{instance}")).json["enabled"] is False
+    await card.get_by_role("button", name="Enable Press").click()
+    await expect(card.locator(".pill")).to_have_text("connected")
