@@ -151,3 +151,22 @@ async def test_plugin_channel_linked_to_an_existing_event_and_disabled(server, a
     assert (await server.request("GET", f"/api/v1/plugins/{instance}")).json["enabled"] is False
     await card.get_by_role("button", name="Enable Press").click()
     await expect(card.locator(".pill")).to_have_text("connected")
+
+
+async def test_experiments_error_and_delete(server, admin):
+    assert (await server.request("POST", "/api/v1/experiments", {"name": "Old Run"})).code == 201
+    page = admin.page
+    await admin.go("experiments")
+    row = page.locator("#experiments-table tbody tr", has_text="Old Run")
+    await confirm_press(row, "Stop Old Run", "Confirm stop")
+    await expect(row.locator(".pill")).to_have_text("stopped")
+    await page.click("#new-experiment-start")  # no name: the server's answer is shown by the form
+    await expect(page.locator("#experiments-error")).to_contain_text("name:")
+    await confirm_press(row, "Delete Old Run", "Confirm delete")
+    await expect(row).to_have_count(0)
+    assert (await server.request("GET", "/api/v1/experiments")).json["total"] == 0
+
+
+async def confirm_press(row, label: str, confirm: str) -> None:
+    await row.get_by_role("button", name=label).click()
+    await row.get_by_role("button", name=confirm).click()
