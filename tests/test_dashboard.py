@@ -8,90 +8,38 @@ async Playwright API runs on the test's event loop, next to the server fixture.
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import expect
 
-from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, wait_for
+from tests.conftest import ADMIN_EMAIL, wait_for
+from tests.webapp_helpers import AppPage, browser, database_url, open_app  # noqa: F401 - fixtures
+import webmacs
 from webmacs.broadcast import FRONTEND
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
-# Fast reconnects for tests; the spec's values (3 failures, 1500 ms polling, 25 s ping) stay.
-TEST_CONFIG = "window.WEBMACS_CONFIG = {backoffBaseMs: 200, backoffMaxMs: 500};"
 LATEST = "/api/v1/datapoints/latest"
 TELEMETRY = "/ws/controller/telemetry"
 
 
-@pytest.fixture
-def database_url(sqlite_template, tmp_path) -> str:
-    """Browser tests run on a fresh SQLite database (overrides the two-backend fixture)."""
-    path = tmp_path / "webmacs.db"
-    shutil.copy(sqlite_template, path)
-    return f"sqlite:///{path}"
-
-
-@pytest.fixture
-async def browser():
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
-
-
-class Page:
-    """A page on the dashboard, with the requests it made and its uncaught errors."""
-
-    def __init__(self, page, server) -> None:
-        self.page = page
-        self.server = server
-        self.requests: list[tuple[float, str]] = []
-        self.errors: list[str] = []
-        page.on("request", lambda r: self.requests.append((time.monotonic(), r.url)))
-        page.on("pageerror", lambda e: self.errors.append(str(e)))
+class Page(AppPage):
+    """The Overview page, with the count of its /datapoints/latest requests."""
 
     def latest_requests(self, since: float = 0.0) -> int:
         return sum(1 for t, url in self.requests if t > since and url.endswith(LATEST))
 
-    async def login(self, email: str = ADMIN_EMAIL, password: str = ADMIN_PASSWORD) -> None:
-        page = self.page
-        await expect(page.locator("#login-form")).to_be_visible()
-        await page.fill("#login-email", email)
-        await page.fill("#login-password", password)
-        await page.click("#login-submit")
-        await expect(page.locator("#dashboard-view")).to_be_visible()
-        await expect(page.locator("#connection-mode")).to_have_text("websocket", timeout=10_000)
-
     def tile(self, event: str):
         return self.page.locator(f'.tile[data-event-id="{event}"]')
 
-    async def token(self) -> str:
-        return await self.page.evaluate("sessionStorage.getItem('webmacs.token')")
-
 
 @pytest.fixture
-async def dashboard(browser, server):
-    # bypass_csp: wait_for_function evaluates strings, which the page's CSP forbids (as it should)
-    context = await browser.new_context(viewport={"width": 1600, "height": 1000}, locale="en-US", bypass_csp=True)
-    await context.add_init_script(TEST_CONFIG)
-    page = await context.new_page()
-    wrapped = Page(page, server)
-    await page.goto(server.base_url + "/")
-    try:
-        yield wrapped
-        assert wrapped.errors == [], wrapped.errors
-    finally:
-        await context.close()
+async def dashboard(browser, server):  # noqa: F811
+    async with open_app(browser, server, 1600, 1000, cls=Page) as app:
+        yield app
 
 
 async def make_events(server, specs: list[tuple[str, str]]) -> list[str]:
@@ -161,8 +109,12 @@ async def test_login_live_values_chart_and_logout(server, dashboard):
         "document.querySelector('.tile .age').dataset.ageSeconds >= 2", timeout=10_000)
     await expect(dashboard.tile(events[0]).locator(".age")).to_have_text("updated 2 s ago", timeout=5_000)
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+    # the unit is shown once per tile; the header says which is the role; fresh data is not stale
+    assert (await dashboard.tile(events[1]).inner_text()).count("bar") == 1
+    await expect(page.locator("#user-name")).to_have_text("admin")
+    await expect(page.locator("#user-role")).to_have_text("admin")
+    await expect(page.locator("#data-age")).to_have_attribute("data-stale", "false")
+    await dashboard.shoot("overview")
 
     # logout revokes the token and shows the login form
     token = await dashboard.token()
@@ -283,11 +235,20 @@ async def test_page_and_assets_are_served(server):
         resp = await server.request("GET", path, token=None)
         assert resp.code == 200
         assert resp.headers["Content-Type"] == "text/html; charset=utf-8"
-        assert b'id="connection-mode"' in resp.body and b"/static/app.js?v=" in resp.body
+        assert b'id="app"' in resp.body and b'<script type="module" src="/static/app.js?v=' in resp.body
         assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
-    for asset in ("app.js", "app.css", "vendor/uPlot.iife.min.js", "vendor/uPlot.min.css", "vendor/uPlot.LICENSE"):
+    for asset in ("app.css", "vendor/uPlot.min.css", "vendor/uPlot.LICENSE", "vendor/htm.LICENSE",
+                  "vendor/preact.LICENSE"):
         resp = await server.request("GET", f"/static/{asset}", token=None)
         assert resp.code == 200, asset
+    # ES modules load only with a JavaScript MIME type
+    static = Path(webmacs.STATIC_DIR)
+    modules = sorted(str(p.relative_to(static)) for p in static.rglob("*.js"))
+    assert "app.js" in modules and "vendor/htm-preact.module.js" in modules and "views/index.js" in modules
+    for asset in modules:
+        resp = await server.request("GET", f"/static/{asset}", token=None)
+        assert resp.code == 200, asset
+        assert resp.headers["Content-Type"].split(";")[0] == "text/javascript", asset
 
 
 async def test_keepalive_ping_with_query_override(server, dashboard):

@@ -46,7 +46,8 @@ async def test_sign_in_with_sso_in_chromium(sso, page):
     await page.click("#idp-submit")
     # back on our page: /sso-callback?code=... exchanged, then the dashboard
     await expect(page.locator("#dashboard-view")).to_be_visible(timeout=10_000)
-    await expect(page.locator("#user-name")).to_have_text("Alice.Smith · viewer")
+    await expect(page.locator("#user-name")).to_have_text("Alice.Smith")
+    await expect(page.locator("#user-role")).to_have_text("viewer")
     assert page.url == sso.server.base_url + "/"  # the one-time code is not left in the address bar
     token = await page.evaluate("() => sessionStorage.getItem('webmacs.token')")
     me = await sso.server.request("GET", "/api/v1/auth/me", token=token)

@@ -1,16 +1,28 @@
-"""The browser dashboard page (``GET /``, ``/index.html``): the single page in ``webmacs/static``.
+"""The web app's page (``GET /``, ``/index.html``): the shell in ``webmacs/static``
+that loads the app's ES modules (docs/webapp.md).
 
 Asset URLs carry a content hash (``static_url``), so they can be cached for long
 while the page itself is never cached. The data it shows comes from the REST API
 and the stream (see :mod:`webmacs.handlers.datapoints`, :mod:`webmacs.handlers.ws`).
+
+Module scripts run only when served with a JavaScript MIME type. The static handler
+takes the type from :mod:`mimetypes`, which reads the host's tables (``/etc/mime.types``,
+the Windows registry), and some hosts map ``.js`` to ``text/plain``: the app's types are
+registered here, so they do not depend on the host.
 """
 
 from __future__ import annotations
+
+import mimetypes
 
 from tornado.template import Loader
 from tornado.web import RequestHandler
 
 from webmacs import STATIC_DIR
+
+mimetypes.add_type("text/javascript", ".js")
+mimetypes.add_type("text/javascript", ".mjs")
+mimetypes.add_type("text/css", ".css")
 
 
 class IndexHandler(RequestHandler):
