@@ -31,7 +31,7 @@ from webmacs import metrics
 from webmacs.jsoncodec import dumps
 from webmacs.models import User
 from webmacs.ratelimit import retry_after
-from webmacs.validation import Field, ValidationError, validate
+from webmacs.validation import Field, Int, ValidationError, validate
 
 if TYPE_CHECKING:  # typing only: webmacs.services never imports the handlers
     from webmacs.broadcast import ConnectionManager
@@ -57,6 +57,9 @@ class ApiError(HTTPError):
 def too_many(detail: str, seconds: float) -> ApiError:
     return ApiError(429, detail, {"Retry-After": retry_after(seconds)})
 
+
+# ?page= and ?page_size= of every list (page_args; the OpenAPI document reads them too).
+PAGE_ARGS = {"page": Int(1, 10_000_000, default=1), "page_size": Int(1, 100, default=25)}
 
 # Request bodies: the default limit of a REST route (login, resources); routes that
 # need more (batches, uploads) set ``max_body_bytes`` on their handler class.
@@ -307,7 +310,7 @@ class BaseHandler(RequestHandler):
         raise ApiError(422, f"{name}: must be true or false")
 
     def page_args(self) -> tuple[int, int]:
-        return self.int_arg("page", 1, 1, 10_000_000), self.int_arg("page_size", 25, 1, 100)
+        return tuple(self.int_arg(name, f.default, f.lo, f.hi) for name, f in PAGE_ARGS.items())
 
     def bearer_token(self) -> str | None:
         header = self.request.headers.get("Authorization", "")

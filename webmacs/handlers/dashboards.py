@@ -43,6 +43,9 @@ class JsonText(Str):
             raise ValidationError(name, "must be a string holding valid JSON") from None
         return value
 
+    def schema(self):
+        return {**super().schema(), "contentMediaType": "application/json"}
+
 
 WIDGET_SPEC = {
     "widget_type": Str(choices=WIDGET_TYPES, required=True),

@@ -7,7 +7,25 @@ from webmacs.handlers.base import ApiError, BaseHandler, authenticated
 from webmacs.ingest import MAX_BATCH, MAX_BATCH_ID, NO_VALID, IngestError
 from webmacs.models import utcnow
 from webmacs.storage import datapoints, series
-from webmacs.validation import Int, List, Obj, Str
+from webmacs.validation import Field, Int, List, Num, Obj, Str
+
+
+class Timestamp(Field):
+    """Described only: a reading's time is checked by the ingest pipeline (timefmt.parse)."""
+
+    def schema(self):
+        return {"type": ["string", "number"], "description": "ISO 8601 (an offset, or UTC when none) or "
+                "epoch seconds; at most 5 minutes in the future; the server's time when absent",
+                "examples": ["2026-01-01T12:00:00Z"]}
+
+
+# One reading as POST /datapoints and each item of a batch take it. The ingest pipeline
+# (webmacs.ingest.validate_point) checks these rules for REST and WebSocket alike.
+DATAPOINT_SPEC = {
+    "value": Num(required=True, example=21.5),
+    "event_public_id": Str(1, 255, strip=False, required=True),
+    "timestamp": Timestamp(nullable=True),
+}
 
 SERIES_SPEC = {
     "event_public_ids": List(Str(1, 64), min_items=1, max_items=20, required=True),
@@ -15,7 +33,7 @@ SERIES_SPEC = {
     "max_points": Int(10, 2000, default=500),
 }
 BATCH_SPEC = {
-    "datapoints": List(Obj(), max_items=MAX_BATCH, required=True),
+    "datapoints": List(Obj(DATAPOINT_SPEC), max_items=MAX_BATCH, required=True),
     "batch_id": Str(1, MAX_BATCH_ID, strip=False),  # optional: see docs/telemetry-acks.md
 }
 

@@ -36,7 +36,7 @@ from webmacs.handlers.base import (ApiError, BaseHandler, Owner, ROLE_MESSAGES, 
 from webmacs.jsoncodec import dumps
 from webmacs.models import UPDATE_STATUSES, FirmwareUpdate, utcnow
 from webmacs.timefmt import api as iso
-from webmacs.semver import is_semver, semver_key
+from webmacs.semver import SEMVER, is_semver, semver_key
 from webmacs.validation import Field, Str, ValidationError
 
 ACTIVE = ("downloading", "verifying", "applying")
@@ -59,8 +59,11 @@ class SemVer(Field):
             raise ValidationError(name, "must be a semantic version X.Y.Z (e.g. 2.1.0)")
         return value
 
+    def schema(self):
+        return {"type": "string", "pattern": SEMVER.pattern}
 
-CREATE_SPEC = {"version": SemVer(required=True), "changelog": Str(0, 100_000, nullable=True, strip=False)}
+
+CREATE_SPEC = {"version": SemVer(required=True, example="2.1.0"), "changelog": Str(0, 100_000, nullable=True, strip=False)}
 STATUS_SPEC = {"status": Str(choices=UPDATE_STATUSES, required=True),
                "error_message": Str(0, 10_000, nullable=True)}
 
