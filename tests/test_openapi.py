@@ -107,9 +107,67 @@ def server_settings(database_url, tmp_path):
                          WEBMACS_PLUGIN_PACKAGES_DIR=tmp_path / "packages")
 
 
+async def seed(server) -> dict[str, dict[str, str]]:
+    """Real resources of every kind, and which path's ids name them: schemathesis then reaches
+    past the 404 of a random id into the handlers (reads, updates, the CSV export, OTA moves;
+    a path's DELETE comes after its GET and PUT in the document)."""
+
+    async def make(path: str, body: dict) -> dict:
+        resp = await server.request("POST", path, body)
+        assert resp.code == 201, (path, resp)
+        return resp.json.get("data", resp.json)
+
+    event = (await server.linked_events(1, "Seeded"))[0]
+    instance = (await server.request("GET", "/api/v1/plugins")).json["data"][0]
+    mapping = instance["channel_mappings"][0]["public_id"]
+    experiment = (await make("/api/v1/experiments", {"name": "Seeded run"}))["public_id"]
+    point = (await make("/api/v1/datapoints", {"event_public_id": event, "value": 21.5}))["public_id"]
+    hook = (await make("/api/v1/webhooks", {"url": "http://127.0.0.1:9/hook", "events": ["sensor.reading"]}))
+    rule = await make("/api/v1/rules", {"name": "Seeded rule", "event_public_id": event, "operator": "gt",
+                                        "threshold": 90, "action_type": "log"})
+    entry = await make("/api/v1/logging", {"content": "Seeded entry"})
+    board = await make("/api/v1/dashboards", {"name": "Seeded board"})
+    widget = await make(f"/api/v1/dashboards/{board['public_id']}/widgets",
+                        {"widget_type": "gauge", "title": "Seeded gauge", "event_public_id": event})
+    update = await make("/api/v1/ota", {"version": "9.0.0"})
+    upload = await server.request("POST", f"/api/v1/ota/{update['public_id']}/firmware", raw=b"\x7fELF firmware",
+                                  headers={"Content-Type": "application/octet-stream"})
+    assert upload.code == 201, upload
+    user = await make("/api/v1/users", {"email": "seeded@example.com", "username": "seeded",
+                                        "password": "password-123"})
+    ids = {
+        "/api/v1/events/{public_id}": event, "/api/v1/experiments/{public_id}": experiment,
+        "/api/v1/experiments/{public_id}/stop": experiment, "/api/v1/experiments/{public_id}/export/csv": experiment,
+        "/api/v1/datapoints/{public_id}": point, "/api/v1/plugins/{public_id}": instance["public_id"],
+        "/api/v1/plugins/{public_id}/channels": instance["public_id"],
+        "/api/v1/webhooks/{public_id}": hook["public_id"], "/api/v1/webhooks/{public_id}/deliveries": hook["public_id"],
+        "/api/v1/rules/{public_id}": rule["public_id"], "/api/v1/logging/{public_id}": entry["public_id"],
+        "/api/v1/dashboards/{public_id}": board["public_id"],
+        "/api/v1/dashboards/{public_id}/widgets": board["public_id"], "/api/v1/users/{public_id}": user["public_id"],
+        **{f"/api/v1/ota/{{public_id}}{tail}": update["public_id"]
+           for tail in ("", "/apply", "/rollback", "/status", "/firmware")},
+    }
+    out = {path: {"path.public_id": value} for path, value in ids.items()}
+    out["/api/v1/plugins/{public_id}/channels/{mapping_id}"] = {"path.public_id": instance["public_id"],
+                                                               "path.mapping_id": mapping}
+    out["/api/v1/dashboards/{public_id}/widgets/{widget_id}"] = {"path.public_id": board["public_id"],
+                                                                "path.widget_id": widget["public_id"]}
+    return out
+
+
+def write_config(path: Path, seeded: dict[str, dict[str, str]]) -> Path:
+    lines = []
+    for template, params in seeded.items():
+        values = ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in params.items())
+        lines += ["[[operations]]", f"include-path = {json.dumps(template)}", f"parameters = {{ {values} }}", ""]
+    path.write_text("\n".join(lines))
+    return path
+
+
 async def _schemathesis(server, token: str, tmp_path: Path, *selection: str) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        SCHEMATHESIS, "run", f"{server.base_url}/api/v1/openapi.json",
+        SCHEMATHESIS, "--config-file", str(tmp_path / "schemathesis.toml"),
+        "run", f"{server.base_url}/api/v1/openapi.json",
         "--header", f"Authorization: Bearer {token}",
         "--checks", CHECKS, "--generation-deterministic",
         "--max-examples", str(EXAMPLES_PER_OPERATION), "--workers", "1", "--request-timeout", "30",
@@ -125,6 +183,8 @@ async def test_schemathesis_finds_nothing(server, tmp_path, caplog):
     resp = await server.request("POST", "/api/v1/tokens", {"name": "schemathesis"})
     assert resp.code == 201, resp
     token = resp.json["token"]
+    seeded = await seed(server)
+    write_config(tmp_path / "schemathesis.toml", seeded)
     caplog.set_level(logging.WARNING)
 
     code, out = await _schemathesis(server, token, tmp_path, "--exclude-path-regex", TOKEN_ROUTES)
