@@ -226,12 +226,16 @@ class BaseHandler(RequestHandler):
             except ValueError:
                 raise ApiError(400, "Content-Length must be an integer.") from None
             if too_big:
-                raise ApiError(413, f"Request body too large: at most {limit} bytes for this route.")
+                raise ApiError(413, self.body_too_large())
         if self.rate_limited and not self._rate_exempt():
             wait = self.services.guards.check_ip(self.request.remote_ip)
             if wait:
                 metrics.RATE_LIMITED.inc()
                 raise too_many("Too many requests, slow down.", wait)
+
+    def body_too_large(self) -> str:
+        """The 413 detail (upload routes name their own limit)."""
+        return f"Request body too large: at most {self.max_body_bytes} bytes for this route."
 
     def _rate_exempt(self) -> bool:
         path = self.request.path
@@ -252,7 +256,7 @@ class BaseHandler(RequestHandler):
     def body(self) -> bytes:
         """The request body (buffered by :meth:`data_received`)."""
         if self._body_size > self.max_body_bytes:
-            raise ApiError(413, f"Request body too large: at most {self.max_body_bytes} bytes for this route.")
+            raise ApiError(413, self.body_too_large())
         if self._body_chunks is None:
             return self.request.body or b""
         if len(self._body_chunks) > 1:

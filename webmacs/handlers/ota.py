@@ -317,7 +317,15 @@ class FirmwareHandler(_OtaBase):
     _tmp: Path | None = None
     _multipart: MultipartFile | None = None
 
+    @property
+    def max_body_bytes(self) -> int:  # the file, and a multipart envelope around it
+        return self.max_bytes + MULTIPART_SLACK
+
+    def body_too_large(self) -> str:
+        return self._too_large_detail()
+
     async def prepare(self) -> None:
+        super().prepare()  # NUL in the path, Content-Length against max_body_bytes, rate limit
         if self.request.method != "POST":
             return
         # The body streams in before post() runs: check who asks and what is acceptable first.
@@ -328,11 +336,6 @@ class FirmwareHandler(_OtaBase):
             raise ApiError(401, exc.reason) from None
         if not self.principal.has_role("admin"):
             raise ApiError(403, ROLE_MESSAGES["admin"])
-        limit = self.max_bytes + MULTIPART_SLACK
-        length = self.request.headers.get("Content-Length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            raise ApiError(413, self._too_large_detail())
-        self.request.connection.set_max_body_size(limit)
         ctype = self.request.headers.get("Content-Type", "application/octet-stream")
         if ctype.lower().startswith("multipart/form-data"):
             m = re.search(r'boundary="?([^";]+)"?', ctype)
