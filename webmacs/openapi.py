@@ -33,6 +33,7 @@ from webmacs.handlers import MODULES, auth, dashboard, dashboards, datapoints, e
 from webmacs.handlers import metrics as metrics_handler
 from webmacs.handlers import ota, packages, resources, sso, ws
 from webmacs.handlers.base import PAGE_ARGS, BaseHandler
+from webmacs.storage.export import csv_header
 from webmacs.models import (CHANNEL_DIRECTIONS, DELIVERY_STATUSES, EVENT_TYPES, LOGGING_TYPES, ROLES,
                             RULE_ACTIONS, RULE_OPERATORS, STATUS_TYPES, UPDATE_STATUSES, WEBHOOK_EVENT_TYPES,
                             WIDGET_TYPES)
@@ -251,7 +252,9 @@ OPERATIONS: dict[type, dict[str, Op]] = {
     export.ExperimentCsvHandler: {"get": Op(
         "An experiment's readings as CSV (one column per event), streamed",
         query=(Q("bom", Bool(default=False), "Put a UTF-8 byte order mark first (for spreadsheets)."),),
-        media="text/csv", response={"type": "string"})},
+        media="text/csv", response={"type": "string", "examples": [
+            csv_header().decode() + "2026-01-05T11:00:00.500000+00:00,Reactor temperature,"
+            "8c1f4d2e-6b7a-4e59-9d03-2a5b7c9e1f40,21.5,°C,1-1767610800500000-42\n"]})},
     # plugin packages
     packages.PackagesHandler: {"get": Op("Plugin packages: the bundled ones and the uploaded wheels",
                                          response=array(ref("PluginPackage")))},
@@ -407,6 +410,12 @@ WEBSOCKETS = {
     ws.StreamHandler: "Live readings for dashboards (any role); see docs/websocket.md.",
 }
 
+# the document's tags: one per handler module
+TAGS = {"auth": "Accounts", "sso": "Single sign-on", "dashboard": "Web app", "datapoints": "Datapoints",
+        "export": "CSV export", "packages": "Plugin packages", "resources": "Events, experiments and plugins",
+        "integrations": "Webhooks, rules and log", "dashboards": "Dashboards", "ota": "OTA updates",
+        "metrics": "Metrics", "openapi": "API description"}
+
 ERRORS = {
     400: "Malformed request (body not JSON, NUL in a query parameter, ...)",
     401: "Missing, invalid, expired or revoked token",
@@ -468,7 +477,7 @@ def _error(code: int) -> dict:
 
 
 def operation(handler: type, method: str, op: Op, module: str, path: str) -> dict:
-    tag = module.rsplit(".", 1)[-1]
+    tag = TAGS.get(module.rsplit(".", 1)[-1], module.rsplit(".", 1)[-1])
     out: dict[str, Any] = {"operationId": f"{handler.__name__}.{method}", "summary": op.summary, "tags": [tag]}
     if op.description:
         out["description"] = op.description
@@ -617,5 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # run through the imported module: its handler class is the one routed
+    from webmacs import openapi
+
+    raise SystemExit(openapi.main())

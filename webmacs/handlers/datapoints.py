@@ -7,11 +7,18 @@ from webmacs.handlers.base import ApiError, BaseHandler, authenticated
 from webmacs.ingest import MAX_BATCH, MAX_BATCH_ID, NO_VALID, IngestError
 from webmacs.models import utcnow
 from webmacs.storage import datapoints, series
-from webmacs.validation import Field, Int, List, Num, Obj, Str
+from webmacs import timefmt
+from webmacs.validation import Field, Int, List, Num, Obj, Str, ValidationError
 
 
 class Timestamp(Field):
-    """Described only: a reading's time is checked by the ingest pipeline (timefmt.parse)."""
+    """A reading's time, as the ingest pipeline reads it (:func:`webmacs.timefmt.parse`)."""
+
+    def clean(self, name, value):
+        try:
+            return timefmt.parse(value)
+        except (ValueError, OverflowError, OSError):
+            raise ValidationError(name, "must be ISO 8601 with offset or epoch seconds") from None
 
     def schema(self):
         return {"type": ["string", "number"], "description": "ISO 8601 (an offset, or UTC when none) or "
