@@ -200,6 +200,8 @@ class BaseHandler(RequestHandler):
             self.set_header("WWW-Authenticate", "Bearer")
         if status_code == 413:
             self.set_header("Connection", "close")  # the rest of the body is not read
+        if status_code == 405:  # RFC 9110: a 405 lists what the resource does allow
+            self.set_header("Allow", allowed_methods(type(self)))
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(dumps({"detail": detail}))
 
@@ -322,6 +324,12 @@ class BaseHandler(RequestHandler):
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
         return None
+
+
+def allowed_methods(handler: type) -> str:
+    """``"GET, PUT"``: the methods a handler class implements (its 405's ``Allow`` header)."""
+    return ", ".join(m for m in RequestHandler.SUPPORTED_METHODS
+                     if getattr(handler, m.lower()) is not getattr(RequestHandler, m.lower()))
 
 
 def authenticated(role: str = "viewer") -> Callable:
