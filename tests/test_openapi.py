@@ -4,9 +4,11 @@ served publicly; and schemathesis run from it against a live server.
 The schemathesis run is a real ``schemathesis`` process against the ``server``
 fixture (a real port, SQLite and TimescaleDB), with an admin API token: every
 operation, positive and negative cases, the stateful phase following the
-document's links. It fails on any 5xx, any status code the document does not
-list, any response body or content type that does not match it, and any
-ERROR the server logged meanwhile. Deterministic: ``--generation-deterministic``
+document's links, and every path id of the seeded resources pointing at real
+ones. It fails on any 5xx, any status code the document does not list, any
+response body, header or content type that does not match it, a 405 without
+``Allow``, invalid input that is not refused with a 4xx, and any ERROR the
+server logged meanwhile. Deterministic: ``--generation-deterministic``
 (no random seed) and no example database.
 
 Destructive operations: the bearer is an API token, so ``POST /auth/logout``
@@ -34,7 +36,7 @@ from webmacs.validation import spec_schema
 
 SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,"
-          "response_schema_conformance,response_headers_conformance,unsupported_method")
+          "response_schema_conformance,response_headers_conformance,unsupported_method,negative_data_rejection")
 # per operation and phase; raise it for a deeper local run (the suite's run takes about a minute)
 EXAMPLES_PER_OPERATION = int(os.environ.get("WEBMACS_TEST_SCHEMATHESIS_EXAMPLES", "12"))
 TOKEN_ROUTES = "^/api/v1/tokens"
@@ -204,3 +206,27 @@ async def test_schemathesis_finds_nothing(server, tmp_path, caplog):
 
     errors = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == []
+
+
+async def test_documented_lengths_fit_in_the_body_limit(server):
+    """Found by schemathesis: a config_json or changelog of its documented maximum length
+    was refused with 413 (the route's body limit was smaller than the field's)."""
+    board = await server.request("POST", "/api/v1/dashboards", {"name": "Limits"})
+    assert board.code == 201, board
+    config = json.dumps({"note": "é" * 65_000}, ensure_ascii=False)  # 65,012 characters, ~390 kB as \u escapes
+    assert len(config) <= 65_536
+    raw = json.dumps({"widget_type": "gauge", "title": "Big", "config_json": config}).encode()  # ensure_ascii
+    assert len(raw) > 64 * 1024
+    widget = await server.request("POST", f"/api/v1/dashboards/{board.json['public_id']}/widgets", raw=raw)
+    assert widget.code == 201 and widget.json["config_json"] == config, widget
+    update = await server.request("POST", "/api/v1/ota", {"version": "3.0.0", "changelog": "ü" * 100_000})
+    assert update.code == 201 and len(update.json["data"]["changelog"]) == 100_000, update
+    too_long = await server.request("POST", "/api/v1/ota", {"version": "3.0.1", "changelog": "ü" * 100_001})
+    assert too_long.code == 422 and too_long.json["detail"].startswith("changelog:"), too_long
+
+
+async def test_datapoint_filters_are_checked(server):
+    resp = await server.request("GET", "/api/v1/datapoints?event_public_id=" + "e" * 256)
+    assert resp.code == 422 and resp.json["detail"] == "event_public_id: length must be between 0 and 255", resp
+    resp = await server.request("GET", "/api/v1/datapoints?event_public_id=&experiment_public_id=")
+    assert resp.code == 200 and resp.json["total"] == 0, resp

@@ -190,8 +190,7 @@ class Op:
     redirect: bool = False  # answers 307
 
 
-_ID_FILTER = (Q("event_public_id", Str(1, 255), "Only this event's readings."),
-              Q("experiment_public_id", Str(1, 255), "Only this experiment's readings."))
+_ID_FILTER = tuple(Q(name, field, field.description or "") for name, field in datapoints.LIST_FILTERS.items())
 
 # handler class -> method -> Op
 OPERATIONS: dict[type, dict[str, Op]] = {

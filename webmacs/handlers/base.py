@@ -315,6 +315,16 @@ class BaseHandler(RequestHandler):
             return False
         raise ApiError(422, f"{name}: must be true or false")
 
+    def str_arg(self, name: str, field: Field) -> str | None:
+        """A text query parameter checked by a validation field (422 naming it); None when absent or empty."""
+        raw = self.get_query_argument(name, None)
+        if raw is None or raw == "":
+            return None
+        try:
+            return field.clean(name, raw)
+        except ValidationError as exc:
+            raise ApiError(422, str(exc)) from None
+
     def page_args(self) -> tuple[int, int]:
         return tuple(self.int_arg(name, f.default, f.lo, f.hi) for name, f in PAGE_ARGS.items())
 

@@ -39,6 +39,9 @@ SERIES_SPEC = {
     "minutes": Int(1, 14400, default=60),
     "max_points": Int(10, 2000, default=500),
 }
+# GET /datapoints filters, by public id
+LIST_FILTERS = {"event_public_id": Str(0, 255, description="Only this event's readings (empty: all)."),
+                "experiment_public_id": Str(0, 255, description="Only this experiment's readings (empty: all).")}
 BATCH_SPEC = {
     "datapoints": List(Obj(DATAPOINT_SPEC), max_items=MAX_BATCH, required=True),
     "batch_id": Str(1, MAX_BATCH_ID, strip=False),  # optional: see docs/telemetry-acks.md
@@ -50,8 +53,7 @@ class DatapointsHandler(BaseHandler):
     async def get(self) -> None:
         page, size = self.page_args()
         self.send(await self.db.session(datapoints.list_page, page, size,
-                                        self.get_query_argument("event_public_id", None),
-                                        self.get_query_argument("experiment_public_id", None)))
+                                        *(self.str_arg(name, f) for name, f in LIST_FILTERS.items())))
 
     @authenticated("operator")
     async def post(self) -> None:

@@ -31,7 +31,7 @@ from tornado.web import stream_request_body
 
 import webmacs
 from webmacs.accounts import AuthError, authenticate
-from webmacs.handlers.base import (ApiError, BaseHandler, Owner, ROLE_MESSAGES, authenticated, flush_or_409,
+from webmacs.handlers.base import (DEFAULT_MAX_BODY, ApiError, BaseHandler, Owner, ROLE_MESSAGES, authenticated, flush_or_409,
                                    get_or_404, owner_public_id, paginate)
 from webmacs.jsoncodec import dumps
 from webmacs.models import UPDATE_STATUSES, FirmwareUpdate, utcnow
@@ -118,6 +118,9 @@ class _OtaBase(BaseHandler):
 
 
 class UpdatesHandler(_OtaBase):
+    # the changelog may hold its full length even as \uXXXX escapes (6 bytes a character)
+    max_body_bytes = 6 * CREATE_SPEC["changelog"].max_len + DEFAULT_MAX_BODY
+
     @authenticated("admin")
     async def get(self) -> None:
         page, size = self.page_args()
