@@ -132,7 +132,7 @@ async def seed(server) -> dict[str, dict[str, str]]:
     instance = (await server.request("GET", "/api/v1/plugins")).json["data"][0]
     mapping = instance["channel_mappings"][0]["public_id"]
     experiment = (await make("/api/v1/experiments", {"name": "Seeded run"}))["public_id"]
-    point = (await make("/api/v1/datapoints", {"event_public_id": event, "value": 21.5}))["public_id"]
+    await make("/api/v1/datapoints", {"event_public_id": event, "value": 21.5})
     hook = (await make("/api/v1/webhooks", {"url": "http://127.0.0.1:9/hook", "events": ["sensor.reading"]}))
     rule = await make("/api/v1/rules", {"name": "Seeded rule", "event_public_id": event, "operator": "gt",
                                         "threshold": 90, "action_type": "log"})
@@ -149,7 +149,7 @@ async def seed(server) -> dict[str, dict[str, str]]:
     ids = {
         "/api/v1/events/{public_id}": event, "/api/v1/experiments/{public_id}": experiment,
         "/api/v1/experiments/{public_id}/stop": experiment, "/api/v1/experiments/{public_id}/export/csv": experiment,
-        "/api/v1/datapoints/{public_id}": point, "/api/v1/plugins/{public_id}": instance["public_id"],
+        "/api/v1/plugins/{public_id}": instance["public_id"],
         "/api/v1/plugins/{public_id}/channels": instance["public_id"],
         "/api/v1/webhooks/{public_id}": hook["public_id"], "/api/v1/webhooks/{public_id}/deliveries": hook["public_id"],
         "/api/v1/rules/{public_id}": rule["public_id"], "/api/v1/logging/{public_id}": entry["public_id"],
@@ -223,6 +223,10 @@ async def test_documented_lengths_fit_in_the_body_limit(server):
     assert update.code == 201 and len(update.json["data"]["changelog"]) == 100_000, update
     too_long = await server.request("POST", "/api/v1/ota", {"version": "3.0.1", "changelog": "ü" * 100_001})
     assert too_long.code == 422 and too_long.json["detail"].startswith("changelog:"), too_long
+    # a valid semantic version longer than the column (PostgreSQL refused the insert: a 503)
+    long_version = await server.request("POST", "/api/v1/ota", {"version": "3.0.2-" + "a" * 60})
+    assert long_version.code == 422, long_version
+    assert long_version.json["detail"] == "version: must be at most 64 characters", long_version
 
 
 async def test_datapoint_filters_are_checked(server):
@@ -230,3 +234,18 @@ async def test_datapoint_filters_are_checked(server):
     assert resp.code == 422 and resp.json["detail"] == "event_public_id: length must be between 0 and 255", resp
     resp = await server.request("GET", "/api/v1/datapoints?event_public_id=&experiment_public_id=")
     assert resp.code == 200 and resp.json["total"] == 0, resp
+
+
+async def test_a_date_time_beyond_the_calendar_in_utc_is_a_422(server):
+    # year 9999 at -05:00 is year 10000 in UTC: Python cannot represent it (was an OverflowError: a 500)
+    for value in ("9999-12-31T23:00:00-05:00", "0001-01-01T00:00:00+05:00"):
+        resp = await server.request("POST", "/api/v1/tokens", {"name": "far", "expires_at": value})
+        assert resp.code == 422, resp
+        assert resp.json["detail"] == "expires_at: must be an ISO 8601 date-time string", resp
+
+
+async def test_a_datapoint_id_past_bigint_is_a_404(server):
+    for public_id in ("99999999999999999999-1-1", "1-1-99999999999999999999"):
+        for method in ("GET", "DELETE"):
+            resp = await server.request(method, f"/api/v1/datapoints/{public_id}")
+            assert resp.code == 404 and resp.json == {"detail": "Datapoint not found."}, (method, resp)

@@ -188,8 +188,11 @@ class Op:
     description: str = ""
     upload: str | None = None  # a file upload: its media types, comma-separated
     redirect: bool = False  # answers 307
+    id_schema: dict | None = None  # the path ids' schema, when they have a shape
 
 
+# event id, time in microseconds, row id (webmacs.storage.datapoints.public_id)
+DATAPOINT_ID = {"type": "string", "pattern": "^[0-9]+-[0-9]+-[0-9]+$", "examples": ["3-1767610800500000-42"]}
 _ID_FILTER = tuple(Q(name, field, field.description or "") for name, field in datapoints.LIST_FILTERS.items())
 
 # handler class -> method -> Op
@@ -245,8 +248,8 @@ OPERATIONS: dict[type, dict[str, Op]] = {
     datapoints.SeriesHandler: {"post": Op("Downsampled recent readings of up to 20 events (charts)",
                                           body=datapoints.SERIES_SPEC, response=ref("Series"))},
     datapoints.DatapointHandler: {
-        "get": Op("Get a datapoint", response=ref("Datapoint")),
-        "delete": Op("Delete a datapoint", role="operator", response=envelope()),
+        "get": Op("Get a datapoint", response=ref("Datapoint"), id_schema=DATAPOINT_ID),
+        "delete": Op("Delete a datapoint", role="operator", response=envelope(), id_schema=DATAPOINT_ID),
     },
     export.ExperimentCsvHandler: {"get": Op(
         "An experiment's readings as CSV (one column per event), streamed",
@@ -376,7 +379,7 @@ OPERATIONS: dict[type, dict[str, Op]] = {
                    response=envelope("FirmwareUpdate"), errors=(409,)),
     },
     ota.CheckHandler: {"get": Op("Whether a newer firmware than the controller's is registered", role="admin",
-                                 query=(Q("current_version", ota.SemVer(), "The version the controller runs."),),
+                                 query=(Q("current_version", ota.CURRENT_VERSION, "The version the controller runs."),),
                                  response=ref("OtaCheck"))},
     ota.ApplyHandler: {"post": Op("Start applying an update (pending -> downloading)", role="admin",
                                   response=envelope("FirmwareUpdate"), errors=(409,))},
@@ -488,8 +491,8 @@ def operation(handler: type, method: str, op: Op, module: str, path: str) -> dic
         out["security"] = SECURITY
         out["x-webmacs-role"] = op.role
     names = re.findall(r"{(\w+)}", path)
-    params = [{"name": n, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
-              for n in names]
+    params = [{"name": n, "in": "path", "required": True,
+               "schema": op.id_schema or {"type": "string", "minLength": 1}} for n in names]
     out["parameters"] = params + [_param(q) for q in op.query]
     codes = set(op.errors)
     if issubclass(handler, BaseHandler):

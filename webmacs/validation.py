@@ -214,7 +214,10 @@ class DateTimeField(Field):
             raise ValidationError(name, "must be an ISO 8601 date-time string") from None
         if dt.tzinfo is None:
             dt = dt.replace(tzinfo=timezone.utc)
-        return dt.astimezone(timezone.utc)
+        try:
+            return dt.astimezone(timezone.utc)
+        except OverflowError:  # e.g. 9999-12-31T23:00-05:00 is past year 9999 in UTC
+            raise ValidationError(name, "must be an ISO 8601 date-time string") from None
 
     def schema(self):
         return {"type": "string", "format": "date-time"}

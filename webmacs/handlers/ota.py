@@ -54,15 +54,20 @@ REPORTED_KEY = "webmacs_ota_reported_version"
 
 
 class SemVer(Field):
+    MAX_LEN = 64  # the version column
+
     def clean(self, name, value):
         if not is_semver(value):
             raise ValidationError(name, "must be a semantic version X.Y.Z (e.g. 2.1.0)")
+        if len(value) > self.MAX_LEN:  # on PostgreSQL a longer one failed the insert (a 503)
+            raise ValidationError(name, f"must be at most {self.MAX_LEN} characters")
         return value
 
     def schema(self):
-        return {"type": "string", "pattern": SEMVER.pattern}
+        return {"type": "string", "pattern": SEMVER.pattern, "maxLength": self.MAX_LEN}
 
 
+CURRENT_VERSION = SemVer(description="The version the controller runs.")  # ?current_version= of /ota/check
 CREATE_SPEC = {"version": SemVer(required=True, example="2.1.0"), "changelog": Str(0, 100_000, nullable=True, strip=False)}
 STATUS_SPEC = {"status": Str(choices=UPDATE_STATUSES, required=True),
                "error_message": Str(0, 10_000, nullable=True)}
@@ -224,8 +229,10 @@ class CheckHandler(_OtaBase):
     async def get(self) -> None:
         reported = self.get_query_argument("current_version", None)
         if reported is not None:
-            if not is_semver(reported):
-                raise ApiError(422, "current_version: must be a semantic version X.Y.Z (e.g. 2.1.0)")
+            try:
+                CURRENT_VERSION.clean("current_version", reported)
+            except ValidationError as exc:
+                raise ApiError(422, str(exc)) from None
             self.settings[REPORTED_KEY] = reported
         current = reported or self.settings.get(REPORTED_KEY) or webmacs.__version__
 
