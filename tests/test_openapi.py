@@ -249,3 +249,16 @@ async def test_a_datapoint_id_past_bigint_is_a_404(server):
         for method in ("GET", "DELETE"):
             resp = await server.request(method, f"/api/v1/datapoints/{public_id}")
             assert resp.code == 404 and resp.json == {"detail": "Datapoint not found."}, (method, resp)
+
+
+async def test_an_instance_name_of_full_length_makes_its_events(server):
+    """Found by schemathesis on TimescaleDB: the events made for a 255-character instance
+    name got longer names than their column takes (a 503 there; SQLite does not check)."""
+    names = []
+    for _ in range(2):
+        resp = await server.request("POST", "/api/v1/plugins", {"plugin_id": "simulated", "instance_name": "r" * 255})
+        assert resp.code == 201, resp
+        for mapping in resp.json["data"]["channel_mappings"]:
+            event = await server.request("GET", f"/api/v1/events/{mapping['event_public_id']}")
+            names.append(event.json["name"])
+    assert names and all(len(n) <= 255 for n in names) and len(set(names)) == len(names), names

@@ -296,10 +296,14 @@ def _event_id(session, public_id: str | None) -> int | None:
 
 
 def _unique_event_name(session, base: str) -> str:
-    name, n = base, 1
+    """``base``, or ``base (2)``, ...: cut to fit the name column (a longer one failed the
+    insert on PostgreSQL: a 503 for an instance with a long name)."""
+    limit = EVENT_SPEC["name"].max_len
+    name, n = base[:limit], 1
     while session.execute(select(Event.id).where(Event.name == name)).first():
         n += 1
-        name = f"{base} ({n})"
+        suffix = f" ({n})"
+        name = base[:limit - len(suffix)] + suffix
     return name
 
 
