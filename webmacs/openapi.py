@@ -63,9 +63,10 @@ def _prop(kind: Any) -> dict:
     return base
 
 
-def shape(**props: Any) -> dict:
-    """An object whose every listed key is always present."""
-    return {"type": "object", "properties": {k: _prop(v) for k, v in props.items()}, "required": list(props)}
+def shape(optional: dict[str, Any] | None = None, **props: Any) -> dict:
+    """An object whose every listed key is always present (and the ``optional`` ones sometimes)."""
+    properties = {k: _prop(v) for k, v in {**props, **(optional or {})}.items()}
+    return {"type": "object", "properties": properties, "required": list(props)}
 
 
 def ref(name: str) -> dict:
@@ -103,10 +104,8 @@ SCHEMAS: dict[str, dict] = {
                         status=("running", "stopped"), created_on="time?", user_public_id="str?"),
     "Datapoint": shape(public_id="str", value="num", timestamp="time", event_public_id="str?",
                        experiment_public_id="str?"),
-    "BatchResult": {**shape(status=("success",), message="str", accepted="int", rejected="int"),
-                    "properties": {**shape(status=("success",), message="str", accepted="int",
-                                           rejected="int")["properties"],
-                                   "batch_id": {"type": "string"}, "duplicate": {"type": "boolean"}}},
+    "BatchResult": shape(status=("success",), message="str", accepted="int", rejected="int",
+                         optional={"batch_id": "str", "duplicate": "bool"}),
     "Series": {"type": "object", "description": "Each requested event's readings, oldest first, by event id.",
                "additionalProperties": array(shape(timestamp="time", value="num"))},
     "Channel": shape(channel_id="str", channel_name="str", direction=CHANNEL_DIRECTIONS, unit="str?",
@@ -118,10 +117,9 @@ SCHEMAS: dict[str, dict] = {
     "PluginInstance": shape(public_id="str", plugin_id="str", instance_name="str", demo_mode="bool", enabled="bool",
                             status="str", config_json="obj?", error_message="str?", created_on="time?",
                             updated_on="time?", user_public_id="str?", channel_mappings=array(ref("ChannelMapping"))),
-    "PluginPackage": {**shape(public_id="str", package_name="str", version="str", source=("bundled", "uploaded"),
-                              plugin_ids=array({"type": "string"}), file_size_bytes="int?", installed_on="time?",
-                              removable="bool"),
-                      "description": "Uploaded packages also carry file_name and sha256."},
+    "PluginPackage": shape(public_id="str", package_name="str", version="str", source=("bundled", "uploaded"),
+                           plugin_ids=array({"type": "string"}), file_size_bytes="int?", installed_on="time?",
+                           removable="bool", optional={"file_name": "str", "sha256": "str"}),
     "Webhook": shape(public_id="str", url="str", events=array({"type": "string", "enum": list(WEBHOOK_EVENT_TYPES)}),
                      enabled="bool", has_secret="bool", created_on="time?", user_public_id="str?"),
     "WebhookDelivery": shape(public_id="str", event_type="str", status=DELIVERY_STATUSES, attempts="int",
@@ -155,8 +153,7 @@ def envelope(name: str | None = None) -> dict:
     """A write's answer (BaseHandler.success): the status, a message and the resource under data."""
     if name is None:
         return ref("Status")
-    out = shape(status=("success",), message="str", data=ref(name))
-    return out
+    return shape(status=("success",), message="str", data=ref(name))
 
 
 # --- operations ---------------------------------------------------------------------------
