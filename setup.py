@@ -38,6 +38,7 @@ setup(
             "pytest-asyncio>=0.23",
             "pytest-timeout>=2.2",
             "playwright>=1.40",
+            "schemathesis>=4.0",  # tests/test_openapi.py: fuzzes a live server from /api/v1/openapi.json
         ],
     },
     entry_points={

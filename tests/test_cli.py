@@ -16,7 +16,7 @@ from webmacs.controller import main as controller_main
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = Path(sys.executable).parent / "webmacs"
-SUBCOMMANDS = ("serve", "migrate", "create-user", "controller")
+SUBCOMMANDS = ("serve", "migrate", "create-user", "controller", "openapi")
 
 
 def run(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:

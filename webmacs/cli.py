@@ -223,7 +223,21 @@ def build_parser() -> argparse.ArgumentParser:
                     "acknowledges it. SIGTERM/SIGINT sends what it can, then exits."),
         epilog="environment:\n" + _controller_help() + "\n" + LOG_HELP)
     ctl.set_defaults(fn=cmd_controller)
+
+    api = sub.add_parser(
+        "openapi", help="print the OpenAPI 3.1 document of the REST API", formatter_class=_HelpFormatter,
+        description=_para("Print the OpenAPI 3.1 document the server serves at /api/v1/openapi.json, built "
+                    "from the handlers' own field specs (no server or database needed)."),
+        epilog="environment: none is read.\n" + LOG_HELP)
+    api.add_argument("--markdown", action="store_true", help="print docs/rest.md (made from the document) instead")
+    api.set_defaults(fn=cmd_openapi)
     return parser
+
+
+def cmd_openapi(args) -> int:
+    from webmacs.openapi import main as openapi_main
+
+    return openapi_main(["--markdown"] if args.markdown else [])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,10 @@
 raises :class:`ValidationError` ("name: must be a string") which handlers turn
 into a 422 ``{"detail": ...}``. Missing optional fields are left out of the
 result unless they have a default, so updates can tell "absent" from "null".
+
+Each field also describes itself as JSON Schema (:meth:`Field.json_schema`):
+the OpenAPI document (:mod:`webmacs.openapi`) is built from the very specs the
+handlers validate with, so the two cannot disagree.
 """
 
 from __future__ import annotations
@@ -24,13 +28,39 @@ class ValidationError(Exception):
 
 
 class Field:
-    def __init__(self, *, required: bool = False, default: Any = _MISSING, nullable: bool = False):
+    def __init__(self, *, required: bool = False, default: Any = _MISSING, nullable: bool = False,
+                 description: str | None = None, example: Any = _MISSING):
         self.required = required
         self.default = default
         self.nullable = nullable
+        self.description = description
+        self.example = example
 
     def clean(self, name: str, value: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def schema(self) -> dict[str, Any]:
+        """The JSON Schema of a non-null value (subclasses describe their own checks)."""
+        return {}
+
+    def json_schema(self) -> dict[str, Any]:
+        """:meth:`schema` plus null (when nullable), the default, a description and an example."""
+        out = dict(self.schema())
+        if self.nullable:
+            if "type" in out:
+                kinds = out["type"] if isinstance(out["type"], list) else [out["type"]]
+                out["type"] = [*kinds, "null"]
+            else:
+                out = {"anyOf": [out, {"type": "null"}]} if out else {}
+            if "enum" in out:
+                out["enum"] = [*out["enum"], None]
+        if self.default is not _MISSING and not callable(self.default):
+            out["default"] = self.default
+        if self.description:
+            out["description"] = self.description
+        if self.example is not _MISSING:
+            out["examples"] = [self.example]
+        return out
 
 
 class Str(Field):
@@ -58,6 +88,11 @@ class Str(Field):
             raise ValidationError(name, f"length must be between {self.min_len} and {self.max_len}")
         return value
 
+    def schema(self):
+        if self.choices is not None:
+            return {"type": "string", "enum": list(self.choices)}
+        return {"type": "string", "minLength": self.min_len, "maxLength": self.max_len}
+
 
 class Email(Str):
     def __init__(self, **kw):
@@ -69,6 +104,9 @@ class Email(Str):
         if not local or "." not in domain or " " in value or domain.startswith(".") or domain.endswith("."):
             raise ValidationError(name, "must be a valid email address")
         return value.lower()
+
+    def schema(self):
+        return {**super().schema(), "format": "email"}
 
 
 class Num(Field):
@@ -93,6 +131,9 @@ class Num(Field):
             raise ValidationError(name, f"must be <= {self.hi:g}")
         return value
 
+    def schema(self):
+        return _bounds({"type": "number"}, self.lo, self.hi)
+
 
 class Int(Field):
     def __init__(self, lo: int | None = None, hi: int | None = None, **kw):
@@ -113,12 +154,19 @@ class Int(Field):
             raise ValidationError(name, f"must be <= {self.hi}")
         return value
 
+    def schema(self):
+        return _bounds({"type": "integer"}, -INT64_MAX if self.lo is None else self.lo,
+                       INT64_MAX if self.hi is None else self.hi)
+
 
 class Bool(Field):
     def clean(self, name, value):
         if not isinstance(value, bool):
             raise ValidationError(name, "must be true or false")
         return value
+
+    def schema(self):
+        return {"type": "boolean"}
 
 
 class List(Field):
@@ -133,14 +181,27 @@ class List(Field):
             raise ValidationError(name, f"must have between {self.min_items} and {self.max_items} items")
         return [self.item.clean(f"{name}[{i}]", v) for i, v in enumerate(value)]
 
+    def schema(self):
+        return {"type": "array", "items": self.item.json_schema(), "minItems": self.min_items,
+                "maxItems": self.max_items}
+
 
 class Obj(Field):
-    """Any JSON object (free-form configuration)."""
+    """Any JSON object (free-form configuration). ``shape`` (a spec) only describes the
+    object in the OpenAPI document, where something else checks it (a datapoint in a
+    batch is checked by the ingest pipeline)."""
+
+    def __init__(self, shape: dict[str, Field] | None = None, **kw):
+        super().__init__(**kw)
+        self.shape = shape
 
     def clean(self, name, value):
         if not isinstance(value, dict):
             raise ValidationError(name, "must be an object")
         return value
+
+    def schema(self):
+        return spec_schema(self.shape) if self.shape else {"type": "object"}
 
 
 class DateTimeField(Field):
@@ -153,7 +214,30 @@ class DateTimeField(Field):
             raise ValidationError(name, "must be an ISO 8601 date-time string") from None
         if dt.tzinfo is None:
             dt = dt.replace(tzinfo=timezone.utc)
-        return dt.astimezone(timezone.utc)
+        try:
+            return dt.astimezone(timezone.utc)
+        except OverflowError:  # e.g. 9999-12-31T23:00-05:00 is past year 9999 in UTC
+            raise ValidationError(name, "must be an ISO 8601 date-time string") from None
+
+    def schema(self):
+        return {"type": "string", "format": "date-time"}
+
+
+def _bounds(schema: dict, lo, hi) -> dict:
+    if lo is not None:
+        schema["minimum"] = lo
+    if hi is not None:
+        schema["maximum"] = hi
+    return schema
+
+
+def spec_schema(spec: dict[str, Field], *, partial: bool = False) -> dict[str, Any]:
+    """The JSON Schema of a request body that :func:`validate` accepts (unknown keys are ignored)."""
+    out: dict[str, Any] = {"type": "object", "properties": {k: f.json_schema() for k, f in spec.items()}}
+    required = [k for k, f in spec.items() if f.required and not partial]
+    if required:
+        out["required"] = required
+    return out
 
 
 def validate(body: Any, spec: dict[str, Field], *, partial: bool = False) -> dict[str, Any]:

@@ -22,6 +22,7 @@ MODULES = (
     "webmacs.handlers.ota",
     "webmacs.handlers.ws",
     "webmacs.handlers.metrics",
+    "webmacs.openapi",  # GET /api/v1/openapi.json, made from all of the above
 )
 
 

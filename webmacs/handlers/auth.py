@@ -25,6 +25,7 @@ USER_SPEC = {
     "role": Str(choices=ROLES, default="viewer"),
     "admin": Bool(),
 }
+TOKEN_SPEC = {"name": Str(1, 255, required=True), "expires_at": DateTimeField(nullable=True)}
 
 
 def user_dict(user: User) -> dict:
@@ -215,7 +216,7 @@ class TokensHandler(BaseHandler):
 
     @authenticated()
     async def post(self) -> None:
-        body = self.validated({"name": Str(1, 255, required=True), "expires_at": DateTimeField(nullable=True)})
+        body = self.validated(TOKEN_SPEC)
         if body.get("expires_at") is not None and body["expires_at"] <= utcnow():
             raise ApiError(422, "expires_at: must be in the future")
         plaintext, digest = new_api_token()

@@ -31,7 +31,7 @@ from webmacs import metrics
 from webmacs.jsoncodec import dumps
 from webmacs.models import User
 from webmacs.ratelimit import retry_after
-from webmacs.validation import Field, ValidationError, validate
+from webmacs.validation import Field, Int, ValidationError, validate
 
 if TYPE_CHECKING:  # typing only: webmacs.services never imports the handlers
     from webmacs.broadcast import ConnectionManager
@@ -57,6 +57,9 @@ class ApiError(HTTPError):
 def too_many(detail: str, seconds: float) -> ApiError:
     return ApiError(429, detail, {"Retry-After": retry_after(seconds)})
 
+
+# ?page= and ?page_size= of every list (page_args; the OpenAPI document reads them too).
+PAGE_ARGS = {"page": Int(1, 10_000_000, default=1), "page_size": Int(1, 100, default=25)}
 
 # Request bodies: the default limit of a REST route (login, resources); routes that
 # need more (batches, uploads) set ``max_body_bytes`` on their handler class.
@@ -197,6 +200,8 @@ class BaseHandler(RequestHandler):
             self.set_header("WWW-Authenticate", "Bearer")
         if status_code == 413:
             self.set_header("Connection", "close")  # the rest of the body is not read
+        if status_code == 405:  # RFC 9110: a 405 lists what the resource does allow
+            self.set_header("Allow", allowed_methods(type(self)))
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(dumps({"detail": detail}))
 
@@ -223,12 +228,16 @@ class BaseHandler(RequestHandler):
             except ValueError:
                 raise ApiError(400, "Content-Length must be an integer.") from None
             if too_big:
-                raise ApiError(413, f"Request body too large: at most {limit} bytes for this route.")
+                raise ApiError(413, self.body_too_large())
         if self.rate_limited and not self._rate_exempt():
             wait = self.services.guards.check_ip(self.request.remote_ip)
             if wait:
                 metrics.RATE_LIMITED.inc()
                 raise too_many("Too many requests, slow down.", wait)
+
+    def body_too_large(self) -> str:
+        """The 413 detail (upload routes name their own limit)."""
+        return f"Request body too large: at most {self.max_body_bytes} bytes for this route."
 
     def _rate_exempt(self) -> bool:
         path = self.request.path
@@ -249,7 +258,7 @@ class BaseHandler(RequestHandler):
     def body(self) -> bytes:
         """The request body (buffered by :meth:`data_received`)."""
         if self._body_size > self.max_body_bytes:
-            raise ApiError(413, f"Request body too large: at most {self.max_body_bytes} bytes for this route.")
+            raise ApiError(413, self.body_too_large())
         if self._body_chunks is None:
             return self.request.body or b""
         if len(self._body_chunks) > 1:
@@ -306,8 +315,18 @@ class BaseHandler(RequestHandler):
             return False
         raise ApiError(422, f"{name}: must be true or false")
 
+    def str_arg(self, name: str, field: Field) -> str | None:
+        """A text query parameter checked by a validation field (422 naming it); None when absent or empty."""
+        raw = self.get_query_argument(name, None)
+        if raw is None or raw == "":
+            return None
+        try:
+            return field.clean(name, raw)
+        except ValidationError as exc:
+            raise ApiError(422, str(exc)) from None
+
     def page_args(self) -> tuple[int, int]:
-        return self.int_arg("page", 1, 1, 10_000_000), self.int_arg("page_size", 25, 1, 100)
+        return tuple(self.int_arg(name, f.default, f.lo, f.hi) for name, f in PAGE_ARGS.items())
 
     def bearer_token(self) -> str | None:
         header = self.request.headers.get("Authorization", "")
@@ -315,6 +334,12 @@ class BaseHandler(RequestHandler):
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
         return None
+
+
+def allowed_methods(handler: type) -> str:
+    """``"GET, PUT"``: the methods a handler class implements (its 405's ``Allow`` header)."""
+    return ", ".join(m for m in RequestHandler.SUPPORTED_METHODS
+                     if getattr(handler, m.lower()) is not getattr(RequestHandler, m.lower()))
 
 
 def authenticated(role: str = "viewer") -> Callable:

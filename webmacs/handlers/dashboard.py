@@ -46,6 +46,11 @@ class IndexHandler(RequestHandler):
 
     head = get
 
+    def write_error(self, status_code: int, **kwargs) -> None:
+        if status_code == 405:  # RFC 9110: a 405 lists what is allowed
+            self.set_header("Allow", "GET, HEAD")
+        super().write_error(status_code, **kwargs)
+
 
 default_handlers = [
     (r"/", IndexHandler),

@@ -20,7 +20,8 @@ import json
 
 from sqlalchemy import or_, select
 
-from webmacs.handlers.base import ApiError, BaseHandler, Owner, authenticated, get_or_404, owner_public_id, paginate
+from webmacs.handlers.base import (DEFAULT_MAX_BODY, ApiError, BaseHandler, Owner, authenticated, get_or_404,
+                                   owner_public_id, paginate)
 from webmacs.handlers.resources import _event_id as event_id_of
 from webmacs.models import WIDGET_TYPES, Dashboard, DashboardWidget, Event
 from webmacs.timefmt import api as iso
@@ -42,6 +43,9 @@ class JsonText(Str):
         except ValueError:
             raise ValidationError(name, "must be a string holding valid JSON") from None
         return value
+
+    def schema(self):
+        return {**super().schema(), "contentMediaType": "application/json"}
 
 
 WIDGET_SPEC = {
@@ -182,7 +186,12 @@ class DashboardHandler(_DashboardBase):
         self.success("Dashboard successfully deleted.")
 
 
-class WidgetsHandler(_DashboardBase):
+class _WidgetWrite(_DashboardBase):
+    # config_json may hold its full length even as \uXXXX escapes (6 bytes a character)
+    max_body_bytes = 6 * WIDGET_SPEC["config_json"].max_len + DEFAULT_MAX_BODY
+
+
+class WidgetsHandler(_WidgetWrite):
     @authenticated("operator")
     async def post(self, public_id: str) -> None:
         body = self.validated(WIDGET_SPEC)
@@ -199,7 +208,7 @@ class WidgetsHandler(_DashboardBase):
         self.send(await self.db.session(create), 201)
 
 
-class WidgetHandler(_DashboardBase):
+class WidgetHandler(_WidgetWrite):
     def _load(self, session, public_id: str, widget_id: str) -> DashboardWidget:
         dashboard = self.owned(session, public_id)
         widget = session.execute(select(DashboardWidget).where(

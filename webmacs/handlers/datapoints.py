@@ -7,15 +7,43 @@ from webmacs.handlers.base import ApiError, BaseHandler, authenticated
 from webmacs.ingest import MAX_BATCH, MAX_BATCH_ID, NO_VALID, IngestError
 from webmacs.models import utcnow
 from webmacs.storage import datapoints, series
-from webmacs.validation import Int, List, Obj, Str
+from webmacs import timefmt
+from webmacs.validation import Field, Int, List, Num, Obj, Str, ValidationError
+
+
+class Timestamp(Field):
+    """A reading's time, as the ingest pipeline reads it (:func:`webmacs.timefmt.parse`)."""
+
+    def clean(self, name, value):
+        try:
+            return timefmt.parse(value)
+        except (ValueError, OverflowError, OSError):
+            raise ValidationError(name, "must be ISO 8601 with offset or epoch seconds") from None
+
+    def schema(self):
+        return {"type": ["string", "number"], "description": "ISO 8601 (an offset, or UTC when none) or "
+                "epoch seconds; at most 5 minutes in the future; the server's time when absent",
+                "examples": ["2026-01-01T12:00:00Z"]}
+
+
+# One reading as POST /datapoints and each item of a batch take it. The ingest pipeline
+# (webmacs.ingest.validate_point) checks these rules for REST and WebSocket alike.
+DATAPOINT_SPEC = {
+    "value": Num(required=True, example=21.5),
+    "event_public_id": Str(1, 255, strip=False, required=True),
+    "timestamp": Timestamp(nullable=True),
+}
 
 SERIES_SPEC = {
     "event_public_ids": List(Str(1, 64), min_items=1, max_items=20, required=True),
     "minutes": Int(1, 14400, default=60),
     "max_points": Int(10, 2000, default=500),
 }
+# GET /datapoints filters, by public id
+LIST_FILTERS = {"event_public_id": Str(0, 255, description="Only this event's readings (empty: all)."),
+                "experiment_public_id": Str(0, 255, description="Only this experiment's readings (empty: all).")}
 BATCH_SPEC = {
-    "datapoints": List(Obj(), max_items=MAX_BATCH, required=True),
+    "datapoints": List(Obj(DATAPOINT_SPEC), max_items=MAX_BATCH, required=True),
     "batch_id": Str(1, MAX_BATCH_ID, strip=False),  # optional: see docs/telemetry-acks.md
 }
 
@@ -25,8 +53,7 @@ class DatapointsHandler(BaseHandler):
     async def get(self) -> None:
         page, size = self.page_args()
         self.send(await self.db.session(datapoints.list_page, page, size,
-                                        self.get_query_argument("event_public_id", None),
-                                        self.get_query_argument("experiment_public_id", None)))
+                                        *(self.str_arg(name, f) for name, f in LIST_FILTERS.items())))
 
     @authenticated("operator")
     async def post(self) -> None:

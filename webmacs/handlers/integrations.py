@@ -55,6 +55,9 @@ class Url(Str):
             raise ValidationError(name, "must be an http:// or https:// URL")
         return value
 
+    def schema(self):
+        return {**super().schema(), "format": "uri", "examples": ["https://hooks.example.com/webmacs"]}
+
 
 WEBHOOK_SPEC = {
     "url": Url(required=True),

@@ -31,12 +31,12 @@ from tornado.web import stream_request_body
 
 import webmacs
 from webmacs.accounts import AuthError, authenticate
-from webmacs.handlers.base import (ApiError, BaseHandler, Owner, ROLE_MESSAGES, authenticated, flush_or_409,
+from webmacs.handlers.base import (DEFAULT_MAX_BODY, ApiError, BaseHandler, Owner, ROLE_MESSAGES, authenticated, flush_or_409,
                                    get_or_404, owner_public_id, paginate)
 from webmacs.jsoncodec import dumps
 from webmacs.models import UPDATE_STATUSES, FirmwareUpdate, utcnow
 from webmacs.timefmt import api as iso
-from webmacs.semver import is_semver, semver_key
+from webmacs.semver import SEMVER, is_semver, semver_key
 from webmacs.validation import Field, Str, ValidationError
 
 ACTIVE = ("downloading", "verifying", "applying")
@@ -54,13 +54,21 @@ REPORTED_KEY = "webmacs_ota_reported_version"
 
 
 class SemVer(Field):
+    MAX_LEN = 64  # the version column
+
     def clean(self, name, value):
         if not is_semver(value):
             raise ValidationError(name, "must be a semantic version X.Y.Z (e.g. 2.1.0)")
+        if len(value) > self.MAX_LEN:  # on PostgreSQL a longer one failed the insert (a 503)
+            raise ValidationError(name, f"must be at most {self.MAX_LEN} characters")
         return value
 
+    def schema(self):
+        return {"type": "string", "pattern": SEMVER.pattern, "maxLength": self.MAX_LEN}
 
-CREATE_SPEC = {"version": SemVer(required=True), "changelog": Str(0, 100_000, nullable=True, strip=False)}
+
+CURRENT_VERSION = SemVer(description="The version the controller runs.")  # ?current_version= of /ota/check
+CREATE_SPEC = {"version": SemVer(required=True, example="2.1.0"), "changelog": Str(0, 100_000, nullable=True, strip=False)}
 STATUS_SPEC = {"status": Str(choices=UPDATE_STATUSES, required=True),
                "error_message": Str(0, 10_000, nullable=True)}
 
@@ -115,6 +123,9 @@ class _OtaBase(BaseHandler):
 
 
 class UpdatesHandler(_OtaBase):
+    # the changelog may hold its full length even as \uXXXX escapes (6 bytes a character)
+    max_body_bytes = 6 * CREATE_SPEC["changelog"].max_len + DEFAULT_MAX_BODY
+
     @authenticated("admin")
     async def get(self) -> None:
         page, size = self.page_args()
@@ -218,8 +229,10 @@ class CheckHandler(_OtaBase):
     async def get(self) -> None:
         reported = self.get_query_argument("current_version", None)
         if reported is not None:
-            if not is_semver(reported):
-                raise ApiError(422, "current_version: must be a semantic version X.Y.Z (e.g. 2.1.0)")
+            try:
+                CURRENT_VERSION.clean("current_version", reported)
+            except ValidationError as exc:
+                raise ApiError(422, str(exc)) from None
             self.settings[REPORTED_KEY] = reported
         current = reported or self.settings.get(REPORTED_KEY) or webmacs.__version__
 
@@ -314,7 +327,15 @@ class FirmwareHandler(_OtaBase):
     _tmp: Path | None = None
     _multipart: MultipartFile | None = None
 
+    @property
+    def max_body_bytes(self) -> int:  # the file, and a multipart envelope around it
+        return self.max_bytes + MULTIPART_SLACK
+
+    def body_too_large(self) -> str:
+        return self._too_large_detail()
+
     async def prepare(self) -> None:
+        super().prepare()  # NUL in the path, Content-Length against max_body_bytes, rate limit
         if self.request.method != "POST":
             return
         # The body streams in before post() runs: check who asks and what is acceptable first.
@@ -325,11 +346,6 @@ class FirmwareHandler(_OtaBase):
             raise ApiError(401, exc.reason) from None
         if not self.principal.has_role("admin"):
             raise ApiError(403, ROLE_MESSAGES["admin"])
-        limit = self.max_bytes + MULTIPART_SLACK
-        length = self.request.headers.get("Content-Length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            raise ApiError(413, self._too_large_detail())
-        self.request.connection.set_max_body_size(limit)
         ctype = self.request.headers.get("Content-Type", "application/octet-stream")
         if ctype.lower().startswith("multipart/form-data"):
             m = re.search(r'boundary="?([^";]+)"?', ctype)

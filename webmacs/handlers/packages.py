@@ -171,17 +171,21 @@ class PackageUploadHandler(BaseHandler):
     async def _authorize(self) -> None:
         return None
 
+    @property
+    def max_body_bytes(self) -> int:  # the wheel, and the multipart envelope around it
+        return self.config.plugin_max_upload_mb * 1024 * 1024 + _MULTIPART_SLACK
+
+    def body_too_large(self) -> str:
+        return f"file: larger than the {self.config.plugin_max_upload_mb} MB limit"
+
     async def prepare(self) -> None:
+        super().prepare()  # NUL in the path, Content-Length against max_body_bytes, rate limit
         await self._authorize()
         limit = self.config.plugin_max_upload_mb * 1024 * 1024
         try:
             boundary = boundary_of(self.request.headers.get("Content-Type", ""))
         except MultipartError as exc:
             raise ApiError(400, f"file: {exc} with a .whl in the field 'file'") from None
-        length = self.request.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > limit + _MULTIPART_SLACK:
-            raise ApiError(413, f"file: larger than the {self.config.plugin_max_upload_mb} MB limit")
-        self.request.connection.set_max_body_size(limit + _MULTIPART_SLACK)
         folder = self.config.plugin_packages_dir
         loop = asyncio.get_running_loop()
         fh = await loop.run_in_executor(None, _open_temp, folder)
@@ -208,7 +212,7 @@ class PackageUploadHandler(BaseHandler):
         if not file_name.lower().endswith(".whl"):
             raise ApiError(400, "file: must be a .whl (Python wheel)")
         if rec.too_large:
-            raise ApiError(413, f"file: larger than the {self.config.plugin_max_upload_mb} MB limit")
+            raise ApiError(413, self.body_too_large())
         try:
             name, version, plugin_ids = await loop.run_in_executor(None, inspect_wheel, self.tmp_path, file_name)
         except WheelError as exc:

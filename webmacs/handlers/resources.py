@@ -40,6 +40,7 @@ EVENT_SPEC = {
     "unit": Str(1, 255, required=True),
     "type": Str(choices=EVENT_TYPES, required=True),
 }
+EXPERIMENT_SPEC = {"name": Str(1, 255, required=True)}
 
 
 
@@ -154,7 +155,7 @@ class ExperimentsHandler(_Invalidating):
 
     @authenticated("operator")
     async def post(self) -> None:
-        body = self.validated({"name": Str(1, 255, required=True)})
+        body = self.validated(EXPERIMENT_SPEC)
 
         def create(session):
             if session.execute(select(Experiment.id).where(Experiment.stopped_on.is_(None))).first():
@@ -182,7 +183,7 @@ class ExperimentHandler(_Invalidating):
 
     @authenticated("operator")
     async def put(self, public_id: str) -> None:
-        body = self.validated({"name": Str(1, 255)}, partial=True)
+        body = self.validated(EXPERIMENT_SPEC, partial=True)
 
         def update(session):
             exp = get_or_404(session, Experiment, public_id, "Experiment")
@@ -281,6 +282,8 @@ MAPPING_SPEC = {
     "unit": Str(0, 50, required=True),
     "event_public_id": Str(1, 64, nullable=True),
 }
+INSTANCE_UPDATE_SPEC = {k: INSTANCE_SPEC[k] for k in ("instance_name", "demo_mode", "enabled", "config_json")}
+MAPPING_UPDATE_SPEC = {k: MAPPING_SPEC[k] for k in ("channel_name", "unit", "event_public_id")}
 
 
 def _event_id(session, public_id: str | None) -> int | None:
@@ -293,10 +296,14 @@ def _event_id(session, public_id: str | None) -> int | None:
 
 
 def _unique_event_name(session, base: str) -> str:
-    name, n = base, 1
+    """``base``, or ``base (2)``, ...: cut to fit the name column (a longer one failed the
+    insert on PostgreSQL: a 503 for an instance with a long name)."""
+    limit = EVENT_SPEC["name"].max_len
+    name, n = base[:limit], 1
     while session.execute(select(Event.id).where(Event.name == name)).first():
         n += 1
-        name = f"{base} ({n})"
+        suffix = f" ({n})"
+        name = base[:limit - len(suffix)] + suffix
     return name
 
 
@@ -378,8 +385,7 @@ class PluginHandler(_Invalidating):
 
     @authenticated("operator")
     async def put(self, public_id: str) -> None:
-        body = self.validated({k: INSTANCE_SPEC[k] for k in ("instance_name", "demo_mode", "enabled",
-                                                             "config_json")}, partial=True)
+        body = self.validated(INSTANCE_UPDATE_SPEC, partial=True)
 
         def update(session):
             inst = get_or_404(session, PluginInstance, public_id, "Plugin instance")
@@ -456,8 +462,7 @@ class ChannelHandler(_Invalidating):
 
     @authenticated("operator")
     async def put(self, public_id: str, mapping_id: str) -> None:
-        spec = {k: MAPPING_SPEC[k] for k in ("channel_name", "unit", "event_public_id")}
-        body = self.validated(spec, partial=True)
+        body = self.validated(MAPPING_UPDATE_SPEC, partial=True)
 
         def update(session):
             m = self._load(session, public_id, mapping_id)

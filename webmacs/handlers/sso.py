@@ -19,6 +19,7 @@ import logging
 from typing import Any
 
 from tornado.escape import xhtml_escape
+from tornado.web import HTTPError
 
 from webmacs.handlers.base import ApiError, BaseHandler
 from webmacs.handlers.dashboard import IndexHandler
@@ -38,6 +39,7 @@ from webmacs.validation import Str
 log = logging.getLogger("webmacs.sso")
 
 NOT_ENABLED = "Single sign-on is not enabled on this server."
+EXCHANGE_SPEC = {"code": Str(1, 200, strip=False, required=True)}
 
 ERROR_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Sign-in failed · WebMACS</title>
@@ -111,7 +113,7 @@ class SsoCallbackHandler(SsoBaseHandler):
         self.redirect(f"{self.config.oidc_frontend_url}/sso-callback?code={one_time}", status=307)
 
     def log_exception(self, typ, value, tb) -> None:
-        if isinstance(value, ApiError):
+        if isinstance(value, HTTPError):  # an answered refusal (ours, or tornado's 405), not a failure
             return
         # not Tornado's default: its line carries the request URI (the IdP's code and our state)
         log.error("sso callback failed: %s", typ.__name__, exc_info=(typ, value, tb))
@@ -128,7 +130,7 @@ class SsoCallbackHandler(SsoBaseHandler):
 
 class SsoExchangeHandler(BaseHandler):
     async def post(self) -> None:
-        body = self.validated({"code": Str(1, 200, strip=False, required=True)})
+        body = self.validated(EXCHANGE_SPEC)
         public_id = await self.db.session(redeem_login_code, body["code"])
         if public_id is None:
             raise ApiError(400, INVALID_CODE)

@@ -34,6 +34,8 @@ def parse_public_id(value: str) -> tuple[int, datetime, int] | None:
     if len(parts) != 3 or not all(p.isdigit() for p in parts):
         return None
     event_id, micros, row_id = (int(p) for p in parts)
+    if max(event_id, row_id) > 2**63 - 1:  # past BIGINT: no such row (SQLite cannot even bind it: a 500)
+        return None
     try:
         time = datetime.fromtimestamp(micros / 1_000_000, timezone.utc)
     except (OverflowError, OSError, ValueError):
