@@ -250,10 +250,20 @@ OPERATIONS: dict[type, dict[str, Op]] = {
     },
     export.ExperimentCsvHandler: {"get": Op(
         "An experiment's readings as CSV (one column per event), streamed",
-        query=(Q("bom", Bool(default=False), "Put a UTF-8 byte order mark first (for spreadsheets)."),),
+        description="Authenticated by the bearer token, or instead by `token`: a download token "
+                    "from POST .../export/ticket (for a browser's plain navigation).",
+        query=(Q("bom", Bool(default=False), "Put a UTF-8 byte order mark first (for spreadsheets)."),
+               Q("token", Str(1, 4096), "A single-use download token (see .../export/ticket).")),
         media="text/csv", response={"type": "string", "examples": [
             csv_header().decode() + "2026-01-05T11:00:00.500000+00:00,Reactor temperature,"
             "8c1f4d2e-6b7a-4e59-9d03-2a5b7c9e1f40,21.5,°C,1-1767610800500000-42\n"]})},
+    export.ExperimentCsvTicketHandler: {"post": Op(
+        "A single-use CSV download URL for a browser, valid 60 s (no bearer token in the URL)",
+        query=(Q("bom", Bool(default=False), "The URL's download starts with a UTF-8 byte order mark."),),
+        ok=201, response={"type": "object", "required": ["url", "expires_in"], "additionalProperties": False,
+                          "properties": {"url": {"type": "string"}, "expires_in": {"type": "integer"}},
+                          "examples": [{"url": "/api/v1/experiments/8c1f4d2e-6b7a-4e59-9d03-2a5b7c9e1f40/export/csv"
+                                               "?token=eyJhbGciOiJIUzI1NiJ9.e30.sig", "expires_in": 60}]})},
     # plugin packages
     packages.PackagesHandler: {"get": Op("Plugin packages: the bundled ones and the uploaded wheels",
                                          response=array(ref("PluginPackage")))},
