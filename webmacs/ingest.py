@@ -339,7 +339,12 @@ class IngestPipeline:
         queue_id = self.queue.claim()
         with self.db.Session() as session:
             committed = dp_store.queue_position(session, queue_id)
-        self.queue.open(committed)
+            # a controller resending after a restart is answered "duplicate" without a query
+            for sender, batch_id, accepted, rejected in dp_store.recent_batch_ids(session, RECENT_BATCH_IDS):
+                self._recent_ids[(sender, batch_id)] = (accepted, rejected)
+        for rec in self.queue.open(committed):
+            if rec.batch_id is not None:
+                self._queued_ids[(rec.sender, rec.batch_id)] = rec
 
     def start(self) -> None:
         if self.queue is not None and self._writer_task is None:

@@ -332,3 +332,10 @@ def queue_position(session, queue_id: str) -> int:
     seq = session.execute(text("SELECT committed_seq FROM ingest_queue_state WHERE queue_id = :q"),
                           {"q": queue_id}).scalar()
     return int(seq or 0)
+
+
+def recent_batch_ids(session, limit: int) -> list[tuple[str, str, int, int]]:
+    """``(sender, batch_id, accepted, rejected)`` of the ``limit`` newest stored batch ids, oldest first."""
+    rows = session.execute(text("SELECT sender, batch_id, accepted, rejected FROM ingest_batches "
+                                "ORDER BY created_on DESC LIMIT :n"), {"n": limit}).all()
+    return [tuple(r) for r in reversed(rows)]
