@@ -360,13 +360,14 @@ class IngestPipeline:
         try:
             await asyncio.wait_for(asyncio.shield(self._writer_task), timeout)
         except asyncio.TimeoutError:
-            records, size, lag = self.queue.depth()
+            records, size, _lag = self.queue.depth()
             log.warning("ingest queue: %d batches (%d bytes) not yet in the database at shutdown: "
                         "kept in %s for the next start", records, size, self.queue.dir)
+        finally:  # also when the caller gives up on us (cancelled)
             self._writer_task.cancel()
-        self._monitor_task.cancel()
-        await self.queue.close()
-        self._executor.shutdown(wait=False)
+            self._monitor_task.cancel()
+            self.queue.close()
+            self._executor.shutdown(wait=False)
 
     async def _write_loop(self) -> None:
         queue, loop = self.queue, asyncio.get_running_loop()

@@ -351,13 +351,13 @@ class IngestQueue:
         lag = time.time() - self.pending[0].accepted_at if self.pending else 0.0
         return len(self.pending), self.pending_bytes, max(0.0, lag)
 
-    async def close(self) -> None:
-        """Write and fsync what is buffered, close the files, free the slot."""
+    def close(self) -> None:
+        """No more appends; the I/O thread closes the files and frees the slot after the
+        write it may be doing (so everything acknowledged is on disk)."""
+        if self._closed:
+            return
         self._closed = True
-        while self._syncing:
-            await asyncio.sleep(0.01)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._io, self._close_files)
+        self._io.submit(self._close_files)
         self._io.shutdown(wait=False)
 
     # --- the I/O thread ---------------------------------------------------------------------
