@@ -228,7 +228,7 @@ class TestServer:
     async def settled(self, timeout: float = 30) -> None:
         """Until the ingest queue is empty: every acknowledged batch is in the database
         (an ack means durable in the queue, docs/telemetry-acks.md)."""
-        await wait_for(lambda: self.services.pipeline.queue_depth()["records"] == 0, timeout,
+        await wait_for(lambda: not self.services.pipeline.queue.pending, timeout,
                        message="ingest queue committed")
 
     async def request(self, method: str, path: str, body: Any = None, token: str | None = "admin",

@@ -166,6 +166,8 @@ class IngestQueue:
         self._buffer: list[bytes] = []
         self._unsynced: list[Record] = []
         self._syncing = False
+        self._unsynced_records = 0  # appended, not yet fsynced (buffered or being written)
+        self._unsynced_bytes = 0
         self._ready = asyncio.Event()  # durable records wait for the writer
         self._committed_waiters: list[tuple[int, asyncio.Future]] = []
         self._truncating = False
@@ -259,6 +261,8 @@ class IngestQueue:
         self._unsynced.append(rec)
         self.pending.append(rec)
         self.pending_bytes += rec.size
+        self._unsynced_records += 1
+        self._unsynced_bytes += rec.size
         if not self._syncing:
             self._syncing = True
             asyncio.get_running_loop().call_soon(self._start_sync)
@@ -272,6 +276,8 @@ class IngestQueue:
 
     def _synced(self, fut: asyncio.Future, recs: list[Record]) -> None:
         exc = fut.exception()
+        self._unsynced_records -= len(recs)
+        self._unsynced_bytes -= sum(r.size for r in recs)
         if exc is not None:
             log.error("ingest queue: write failed, %d batches not stored: %s", len(recs), exc)
             failed = set(map(id, recs))
@@ -347,9 +353,11 @@ class IngestQueue:
         await fut
 
     def depth(self) -> tuple[int, int, float]:
-        """(records, bytes, seconds since the oldest uncommitted record was accepted)."""
+        """(records, bytes) durable and not yet committed, and the seconds since the oldest
+        uncommitted record was accepted."""
         lag = time.time() - self.pending[0].accepted_at if self.pending else 0.0
-        return len(self.pending), self.pending_bytes, max(0.0, lag)
+        return (len(self.pending) - self._unsynced_records, self.pending_bytes - self._unsynced_bytes,
+                max(0.0, lag))
 
     def close(self) -> None:
         """No more appends; the I/O thread closes the files and frees the slot after the
