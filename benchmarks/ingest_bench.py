@@ -855,22 +855,23 @@ async def setup_sensors(base: str, email: str, password: str, n: int, experiment
                             {"plugin_id": "revpi", "instance_name": f"bench {tag}"}, token)
     if code != 201:
         raise SystemExit(f"plugin instance: {code} {inst}")
-    instance = inst["public_id"]
+    instance = inst.get("data", inst)["public_id"]  # writes answer {"status", "message", "data"}
     events = []
     sem = asyncio.Semaphore(8)
 
     async def one(i: int) -> None:
         async with sem:
             code, ev = await rest("POST", f"{base}/api/v1/events",
-                                  {"name": f"bench {tag} sensor {i}", "type": "sensor", "unit": "ms"}, token)
+                                  {"name": f"bench {tag} sensor {i}", "type": "sensor", "unit": "ms",
+                                   "min_value": 0, "max_value": 1e15}, token)
             if code != 201:
                 raise SystemExit(f"event: {code} {ev}")
             code, ch = await rest("POST", f"{base}/api/v1/plugins/{instance}/channels", {
                 "channel_id": f"bench{i}", "channel_name": f"Bench {i}", "direction": "input", "unit": "ms",
-                "event_public_id": ev["public_id"]}, token)
+                "event_public_id": ev.get("data", ev)["public_id"]}, token)
             if code != 201:
                 raise SystemExit(f"channel mapping: {code} {ch}")
-            events.append((i, ev["public_id"]))
+            events.append((i, ev.get("data", ev)["public_id"]))
 
     await asyncio.gather(*(one(i) for i in range(n)))
     events.sort()
@@ -883,7 +884,7 @@ async def setup_sensors(base: str, email: str, password: str, n: int, experiment
         code, exp = await rest("POST", f"{base}/api/v1/experiments", {"name": f"bench {tag}"}, token)
         if code != 201:
             raise SystemExit(f"experiment: {code} {exp}")
-        exp_public = exp["public_id"]
+        exp_public = exp.get("data", exp)["public_id"]
     return {"token": token, "events": [e for _, e in events], "experiment": exp_public, "instance": instance}
 
 
