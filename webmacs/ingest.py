@@ -63,6 +63,8 @@ GROUP_ROWS = 20_000
 RETRY_FIRST, RETRY_MAX = 0.2, 5.0
 # Seconds between log lines about the queue (depth and lag, refused batches).
 LOG_INTERVAL = 10.0
+# Seconds a REST resend of a batch still in the queue waits for its commit before "retry".
+REST_WAIT = 30.0
 # (sender, batch_id) of batches committed lately, answered "duplicate" without a query.
 RECENT_BATCH_IDS = 100_000
 MAX_ERRORS = 10  # per-point messages returned with a batch
@@ -284,7 +286,10 @@ class IngestPipeline:
         acc = await self._accept(raw_points, batch_id, strict)
         queued, recent = self._known_batch(sender, batch_id)
         if queued is not None:  # the first copy is on its way: answer once it is committed
-            await self.queue.wait_committed(queued.seq)
+            try:
+                await asyncio.wait_for(self.queue.wait_committed(queued.seq), REST_WAIT)
+            except asyncio.TimeoutError:  # the database is not taking it now: the caller may retry
+                raise IngestError(DATABASE_DOWN, retry=True) from None
             metrics.DUPLICATE_BATCHES.inc()
             return BatchResult(queued.accepted, queued.rejected, duplicate=True)
         if recent is not None:
