@@ -135,11 +135,12 @@ class Services:
 
     async def stop(self) -> None:
         """After sockets are closed: the log entry, webhooks, caches, the ingest writer (reverse of start)."""
-        await self.pipeline.stop(QUEUE_DRAIN_TIMEOUT)
         await server_log(self.db, "Server stopped", "info")
         await self.webhooks.stop()
         self.changes.close()
         self.health.close()
+        # last, so a hung database cannot keep the others from stopping; what is left stays queued
+        await self.pipeline.stop(min(QUEUE_DRAIN_TIMEOUT, self.config.shutdown_timeout / 4))
         metrics.process_exit()
 
     # --- in-flight telemetry ---------------------------------------------------------------
