@@ -31,6 +31,7 @@ setup(
         "argon2-cffi>=23.1",
         "psutil>=5.9",  # the bundled System Monitor plugin (controller side)
         "prometheus-client>=0.20",  # /metrics (webmacs.metrics)
+        "orjson>=3.9",  # telemetry frames and broadcast frames (webmacs.jsoncodec)
     ],
     extras_require={
         "test": [

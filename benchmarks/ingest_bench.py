@@ -855,22 +855,23 @@ async def setup_sensors(base: str, email: str, password: str, n: int, experiment
                             {"plugin_id": "revpi", "instance_name": f"bench {tag}"}, token)
     if code != 201:
         raise SystemExit(f"plugin instance: {code} {inst}")
-    instance = inst["public_id"]
+    instance = inst.get("data", inst)["public_id"]  # writes answer {"status", "message", "data"}
     events = []
     sem = asyncio.Semaphore(8)
 
     async def one(i: int) -> None:
         async with sem:
             code, ev = await rest("POST", f"{base}/api/v1/events",
-                                  {"name": f"bench {tag} sensor {i}", "type": "sensor", "unit": "ms"}, token)
+                                  {"name": f"bench {tag} sensor {i}", "type": "sensor", "unit": "ms",
+                                   "min_value": 0, "max_value": 1e15}, token)
             if code != 201:
                 raise SystemExit(f"event: {code} {ev}")
             code, ch = await rest("POST", f"{base}/api/v1/plugins/{instance}/channels", {
                 "channel_id": f"bench{i}", "channel_name": f"Bench {i}", "direction": "input", "unit": "ms",
-                "event_public_id": ev["public_id"]}, token)
+                "event_public_id": ev.get("data", ev)["public_id"]}, token)
             if code != 201:
                 raise SystemExit(f"channel mapping: {code} {ch}")
-            events.append((i, ev["public_id"]))
+            events.append((i, ev.get("data", ev)["public_id"]))
 
     await asyncio.gather(*(one(i) for i in range(n)))
     events.sort()
@@ -883,7 +884,7 @@ async def setup_sensors(base: str, email: str, password: str, n: int, experiment
         code, exp = await rest("POST", f"{base}/api/v1/experiments", {"name": f"bench {tag}"}, token)
         if code != 201:
             raise SystemExit(f"experiment: {code} {exp}")
-        exp_public = exp["public_id"]
+        exp_public = exp.get("data", exp)["public_id"]
     return {"token": token, "events": [e for _, e in events], "experiment": exp_public, "instance": instance}
 
 
@@ -972,6 +973,93 @@ class Sampler(threading.Thread):
                 "rss_kb": {"start": self.rss_start, "peak": self.rss_peak, "end": self.rss_end}}
 
 
+def cluster_processes(database_url: str) -> list[int]:
+    """Pids of the PostgreSQL cluster serving ``database_url``: its postmaster and every child."""
+    import psutil
+
+    conn = pg_connect(database_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            backend = cur.fetchone()[0]
+    finally:
+        conn.close()
+    main = psutil.Process(backend).parent()
+    return [main.pid, *(c.pid for c in main.children(recursive=True))]
+
+
+def health_queue(base_url: str) -> dict | None:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(base_url + "/health", timeout=5) as resp:
+            return json.loads(resp.read()).get("ingest_queue")
+    except (OSError, ValueError):
+        return None
+
+
+class Freezer(threading.Thread):
+    """``--freeze-db S``: SIGSTOP the whole PostgreSQL cluster ``after`` s into the run for
+    S s (its own cluster: use a private one), then SIGCONT; meanwhile /health's ingest queue
+    every 0.25 s: its peak, and the time from the thaw until it is empty (catch-up)."""
+
+    def __init__(self, database_url: str, base_url: str, t0: float, after: float, seconds: float) -> None:
+        super().__init__(daemon=True)
+        self.database_url, self.base_url = database_url, base_url
+        self.t0, self.after, self.seconds = t0, after, seconds
+        self.result: dict = {}
+        self.pids = cluster_processes(database_url)
+
+    def _signal(self, sig) -> None:
+        for pid in self.pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def run(self) -> None:
+        time.sleep(max(0.0, self.t0 + self.after - time.time()))
+        peak_records = peak_bytes = 0
+        frozen = time.monotonic()
+        self._signal(signal.SIGSTOP)
+        log(f"database cluster frozen ({len(self.pids)} processes) for {self.seconds:.0f} s")
+        try:
+            while time.monotonic() - frozen < self.seconds:
+                q = health_queue(self.base_url)
+                if q:
+                    peak_records, peak_bytes = max(peak_records, q["records"]), max(peak_bytes, q["bytes"])
+                time.sleep(0.25)
+        finally:
+            self._signal(signal.SIGCONT)
+        thawed = time.monotonic()
+        log("database cluster thawed")
+        caught_up = None
+        while time.monotonic() - thawed < 600:
+            q = health_queue(self.base_url)
+            if q:
+                peak_records, peak_bytes = max(peak_records, q["records"]), max(peak_bytes, q["bytes"])
+                if q["records"] == 0:
+                    caught_up = time.monotonic() - thawed
+                    break
+            time.sleep(0.1)
+        self.result = {"seconds": thawed - frozen, "queue_peak_records": peak_records,
+                       "queue_peak_bytes": peak_bytes, "catch_up_s": caught_up}
+
+
+def wait_committed(db: "DB", rows_before: int, want: int, timeout: float) -> tuple[int, float]:
+    """With the durable ingest queue an ack means "durable on the server's disk", not
+    "committed": poll the table until it holds ``want`` new rows (or stops growing for 3 s
+    when ``want`` is unknown); returns (rows, time.time() when the last of them was seen)."""
+    deadline = time.monotonic() + timeout
+    rows, seen_at, last_change = db.count() - rows_before, time.time(), time.monotonic()
+    while time.monotonic() < deadline and (rows < want if want else time.monotonic() - last_change < 3):
+        time.sleep(0.05)
+        now = db.count() - rows_before
+        if now != rows:
+            rows, seen_at, last_change = now, time.time(), time.monotonic()
+    return rows, seen_at
+
+
 def run(args) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="webmacs-bench-"))
     report: dict = {"args": vars(args), "machine": {"cpus": os.cpu_count(), "loadavg_before": loadavg()},
@@ -1042,10 +1130,17 @@ def run(args) -> dict:
             waits = PgWaits(database_url)
             waits.start()
         t0 = time.time() + 0.3
+        freezer = None
+        if args.freeze_db:
+            freezer = Freezer(database_url, base_url, t0, args.freeze_after, args.freeze_db)
+            freezer.start()
         if subs:
             subs.send(f"GO {t0}")
         ctl.send(f"GO {t0}")
-        c = ctl.result(args.duration + args.drain_timeout + 60)
+        c = ctl.result(args.duration + args.drain_timeout + 60 + args.freeze_db)
+        if freezer is not None:
+            freezer.join(args.freeze_db + 660)
+            report["freeze"] = freezer.result
         time.sleep(max(0.5, 2.5 * args.broadcast_wait))  # let the last flush reach subscribers
         resources = sampler.finish()
         if waits is not None:
@@ -1068,11 +1163,13 @@ def run(args) -> dict:
             ack_span = max(1e-9, c["last_ack"] - c["t0"])
             report["persisted_acked_dp_s"] = c["acked_points"] / ack_span
         if db is not None:
-            time.sleep(0.2)
-            rows_run = db.count() - rows_before
+            rows_run, committed_at = wait_committed(db, rows_before, c["acked_points"] if c["acked_batches"] else 0,
+                                                    args.drain_timeout + 600)
             report["rows_persisted"] = rows_run
-            end = c["last_ack"] if c["acked_batches"] else c["last_send"]
+            end = max(committed_at, c["last_ack"] if c["acked_batches"] else c["last_send"])
             report["persisted_db_dp_s"] = rows_run / max(1e-9, end - c["t0"])
+            if args.freeze_db:
+                report["freeze"]["lost"] = c["sent_points"] - c["rejected"] - rows_run
         resources["cpu_s"]["controllers"] = c.get("cpu_s", 0.0)
         resources["cpu_s"]["subscribers"] = (s or {}).get("cpu_s", 0.0)
         resources["cpu_s"]["others"] = resources["cpu_s"]["machine_busy"] - sum(
@@ -1111,7 +1208,7 @@ def run(args) -> dict:
                 log(f"raw COPY of {n} rows in one COPY ({rep + 1}/{args.raw_repeat})")
                 r = db.raw_copy(n, None, event_ids, exp_id, start + timedelta(seconds=(2 * rep + 1) * n * 20e-6))
                 single = r if single is None or r["rows_per_s"] > single["rows_per_s"] else single
-            server_rate = report.get("persisted_acked_dp_s") or report["persisted_db_dp_s"]
+            server_rate = report["persisted_db_dp_s"]  # acks say "durable in the queue": count the table
             report["raw_copy"] = {"batched": batched, "single": single,
                                   "ratio_vs_batched": server_rate / batched["rows_per_s"],
                                   "ratio_vs_single": server_rate / single["rows_per_s"]}
@@ -1155,9 +1252,15 @@ def print_report(r: dict) -> None:
     c = r["controllers"]
     print(f"offered            {r['offered_dp_s']:>12,.0f} dp/s   ({c['sent_points']:,} dp in {c['sent_batches']:,} batches)")
     if "persisted_acked_dp_s" in r:
-        print(f"persisted (acks)   {r['persisted_acked_dp_s']:>12,.0f} dp/s   ({c['acked_points']:,} dp acknowledged)")
+        print(f"acked (durable)    {r['persisted_acked_dp_s']:>12,.0f} dp/s   ({c['acked_points']:,} dp acknowledged: in the ingest queue)")
     if "persisted_db_dp_s" in r:
-        print(f"persisted (DB)     {r['persisted_db_dp_s']:>12,.0f} dp/s   ({r['rows_persisted']:,} rows counted)")
+        print(f"persisted (DB)     {r['persisted_db_dp_s']:>12,.0f} dp/s   ({r['rows_persisted']:,} rows counted, "
+              "until the table held them all)")
+    f = r.get("freeze")
+    if f:
+        catch = "never (within 600 s)" if f.get("catch_up_s") is None else f"{f['catch_up_s']:.1f} s"
+        print(f"database freeze    {f['seconds']:.0f} s: lost {f.get('lost', '?')} readings; ingest queue peak "
+              f"{f['queue_peak_records']:,} batches / {f['queue_peak_bytes'] / 1e6:.1f} MB; catch-up after the thaw {catch}")
     if c["acked_batches"]:
         al = c["ack_latency"]
         print(f"send->ack          P50 {fmt_ms(al['p50'])}  P95 {fmt_ms(al['p95'])}  P99 {fmt_ms(al['p99'])}")
@@ -1270,6 +1373,10 @@ def main() -> int:
     p.add_argument("--noisy-threshold", type=float, default=0.10, metavar="F",
                    help="share of one core used by other processes during the run that makes it noisy")
     p.add_argument("--py-spy-args", default="--threads --idle", help="extra py-spy record arguments")
+    p.add_argument("--freeze-db", type=float, default=0, metavar="S",
+                   help="SIGSTOP the database cluster for S seconds during the run (a private cluster!): "
+                        "readings lost, ingest queue peak, catch-up time")
+    p.add_argument("--freeze-after", type=float, default=5, metavar="T", help="seconds into the run the freeze starts")
     p.add_argument("--json", metavar="FILE", help="also write the full report as JSON")
     p.add_argument("--keep-workdir", action="store_true", help="keep the temp dir (server log)")
     args = p.parse_args()

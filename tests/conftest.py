@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import shutil
+import tempfile
 import time
 from typing import Any, Awaitable, Callable
 
@@ -157,6 +158,8 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "WEBMACS_INITIAL_ADMIN_EMAIL": ADMIN_EMAIL,
         "WEBMACS_INITIAL_ADMIN_PASSWORD": ADMIN_PASSWORD,
         "WEBMACS_DB_POOL_SIZE": "4",
+        # each server its own ingest queue: a test database is reused (truncated) by the next test
+        "WEBMACS_INGEST_QUEUE_PATH": tempfile.mkdtemp(prefix="webmacs-test-queue-"),
     }
     env.update({k: str(v) for k, v in overrides.items()})
     return Settings.from_env(env)
@@ -234,6 +237,12 @@ class TestServer:
         self.admin_token: str = ""
         self._sockets: list[WS] = []
         self.http = AsyncHTTPClient(force_instance=True)
+
+    async def settled(self, timeout: float = 30) -> None:
+        """Until the ingest queue is empty: every acknowledged batch is in the database
+        (an ack means durable in the queue, docs/telemetry-acks.md)."""
+        await wait_for(lambda: not self.services.pipeline.queue.pending, timeout,
+                       message="ingest queue committed")
 
     async def request(self, method: str, path: str, body: Any = None, token: str | None = "admin",
                       raw: bytes | None = None, headers: dict | None = None, timeout: float = 30) -> Response:

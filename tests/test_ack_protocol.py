@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
-from tests.conftest import make_settings, start_server, stop_server
+from tests.conftest import make_settings, start_server, stop_server, wait_for
 from webmacs.db import make_engine
 
 TELEMETRY = "/ws/controller/telemetry"
@@ -57,7 +57,9 @@ def points(event: str, values, ts: datetime | None = None) -> list[dict]:
     return out
 
 
-async def test_ack_arrives_only_after_commit(server, observer):
+async def test_ack_arrives_once_durable_and_the_rows_follow(server, observer):
+    """Changed with the durable ingest queue: an ack means "durable in the server's queue"
+    (``durable: queue``), in order; the writer commits every acked row, each once."""
     (event,) = await server.linked_events(1)
     ws = await server.ws(TELEMETRY)
     n_batches, size = 20, 250
@@ -65,8 +67,9 @@ async def test_ack_arrives_only_after_commit(server, observer):
         await ws.send({"batch_id": f"commit-{k}", "datapoints": points(event, range(k * 1000, k * 1000 + size))})
     for k in range(n_batches):
         ack = await ws.recv_type("ack")
-        assert ack == {"type": "ack", "batch_id": f"commit-{k}", "accepted": size, "rejected": 0}
-        # the moment the ack is here, another connection already sees every row of the batch
+        assert ack == {"type": "ack", "batch_id": f"commit-{k}", "accepted": size, "rejected": 0, "durable": "queue"}
+    await server.settled()
+    for k in range(n_batches):
         assert count(observer, "value >= :lo AND value < :hi", lo=k * 1000, hi=k * 1000 + size) == size
         assert batch_rows(observer, f"commit-{k}") == 1
     assert count(observer) == n_batches * size
@@ -77,11 +80,12 @@ async def test_duplicate_batch_id_is_acked_again_without_inserting(server, obser
     ws = await server.ws(TELEMETRY)
     await ws.send({"batch_id": "dup-1", "datapoints": points(event, [1, 2, 3])})
     first = await ws.recv_type("ack")
-    assert first == {"type": "ack", "batch_id": "dup-1", "accepted": 3, "rejected": 0}
+    assert first == {"type": "ack", "batch_id": "dup-1", "accepted": 3, "rejected": 0, "durable": "queue"}
     for _ in range(2):  # a resend (even with other content) is answered from ingest_batches
         await ws.send({"batch_id": "dup-1", "datapoints": points(event, [7, 8, 9, 10])})
         again = await ws.recv_type("ack")
         assert again == {"type": "ack", "batch_id": "dup-1", "accepted": 3, "rejected": 0, "duplicate": True}
+    await server.settled()
     assert count(observer) == 3
     # another socket, same batch_id: still a duplicate
     ws2 = await server.ws(TELEMETRY)
@@ -125,6 +129,7 @@ async def test_timestamps_are_kept_as_given(server, observer):
     ]
     await ws.send({"batch_id": "ts-1", "datapoints": batch})
     assert (await ws.recv_type("ack"))["accepted"] == 3
+    await server.settled()
     utc = timezone.utc
     assert stored_times(observer, ev[0]) == [datetime(2025, 6, 1, 12, 30, 0, 123456, tzinfo=utc)]
     assert stored_times(observer, ev[1]) == [datetime(2025, 6, 1, 12, 30, 0, 500000, tzinfo=utc)]
@@ -153,6 +158,7 @@ async def test_future_timestamp_is_rejected_with_a_clear_error(server, observer)
     ack = await ws.recv_type("ack")
     assert (ack["accepted"], ack["rejected"]) == (1, 1)
     assert ack["errors"] == ["datapoints[1]: timestamp is more than 5 minutes in the future"]
+    await server.settled()
     assert count(observer) == 1 and count(observer, "value = 3") == 0
     assert batch_rows(observer, "future-1") == 0  # a refused batch is not remembered: it may be fixed and resent
 
@@ -170,6 +176,7 @@ async def test_spec_client_without_batch_id_sees_no_acks(server, observer):
                                      {"type": "pong"}]
     await ws.send({"type": "ping"})  # nothing else was sent for the three stored batches
     assert await ws.recv() == {"type": "pong"}
+    await server.settled()
     assert count(observer) == 3
 
 
@@ -215,32 +222,40 @@ def database_down(server):
             broken.dispose()
 
 
-async def test_database_unavailable_gives_retry_and_recovers(server, observer):
+async def test_database_unavailable_batches_are_queued_and_stored_when_back(server, observer):
+    """Changed with the durable ingest queue: during an outage batches are acknowledged
+    once durable in the queue (not "retry"), /health shows the queue growing and the
+    writer's lag; when the database is back the writer stores them, and a resend of an
+    acked batch is a duplicate."""
     (event,) = await server.linked_events(1)
     ws = await server.ws(TELEMETRY)
     await ws.send({"batch_id": "before", "datapoints": points(event, [0])})
     assert (await ws.recv_type("ack"))["accepted"] == 1
+    await server.settled()
     assert (await server.request("GET", "/health", token=None)).json["database"] == "ok"
     with database_down(server):
         await ws.send({"batch_id": "outage-1", "datapoints": points(event, [1, 2, 3])})
-        err = await ws.recv_type("error", timeout=30)
-        assert err["batch_id"] == "outage-1" and err["retry"] is True
-        assert "Database unavailable" in err["message"]
+        ack = await ws.recv_type("ack", timeout=30)
+        assert ack == {"type": "ack", "batch_id": "outage-1", "accepted": 3, "rejected": 0, "durable": "queue"}
+        await ws.send({"datapoints": points(event, [4])})  # a spec client's batch: kept too
         health = (await server.request("GET", "/health", token=None, timeout=30)).json
         assert (health["status"], health["database"]) == ("degraded", "error")
-    # the database is back: the server recovers by itself; the resend is stored once
+        assert health["ingest_queue"]["records"] >= 1 and health["ingest_queue"]["writer_lag_seconds"] >= 0
+    # the database is back: the writer catches up by itself; the resend is stored once
+    await server.settled()
     await ws.send({"batch_id": "outage-1", "datapoints": points(event, [1, 2, 3])})
     ack = await ws.recv_type("ack", timeout=30)
-    assert ack == {"type": "ack", "batch_id": "outage-1", "accepted": 3, "rejected": 0}
-    assert count(observer) == 4
+    assert ack == {"type": "ack", "batch_id": "outage-1", "accepted": 3, "rejected": 0, "duplicate": True}
+    assert count(observer) == 5 and batch_rows(observer, "outage-1") == 1
     health = (await server.request("GET", "/health", token=None)).json
     assert (health["status"], health["database"]) == ("ok", "ok")
+    assert health["ingest_queue"] == {"records": 0, "bytes": 0, "writer_lag_seconds": 0.0}
 
 
-async def test_failure_inside_the_transaction_leaves_nothing_half_written(server, observer, monkeypatch):
-    """The batch_id row is written first in the same transaction as the rows: a failure
-    after it (connection lost mid-COPY) must roll both back, so the resend is not taken
-    for a duplicate of a batch that was never stored."""
+async def test_failure_inside_the_writer_transaction_leaves_nothing_half_written(server, observer, monkeypatch):
+    """The batch_id rows are written first in the same transaction as the rows and the
+    queue position: a failure after them (connection lost mid-COPY) rolls all back, so
+    the writer's retry stores the batch once and is not taken for a duplicate."""
     (event,) = await server.linked_events(1)
     pipeline = server.services.pipeline
     calls = []
@@ -249,19 +264,20 @@ async def test_failure_inside_the_transaction_leaves_nothing_half_written(server
         calls.append(1)
         raise OperationalError("INSERT INTO datapoints", {}, Exception("server closed the connection unexpectedly"))
 
-    monkeypatch.setattr(pipeline.writer, "_insert_sqlite", fail)
-    monkeypatch.setattr(pipeline.writer, "_copy_postgresql", fail)
+    monkeypatch.setattr(pipeline.writer, "_insert_records", fail)
+    monkeypatch.setattr(pipeline.writer, "_copy_records", fail)
     ws = await server.ws(TELEMETRY)
     await ws.send({"batch_id": "half-1", "datapoints": points(event, range(50))})
-    err = await ws.recv_type("error")
-    assert calls and err == {"type": "error", "batch_id": "half-1", "retry": True,
-                             "message": "Database unavailable: batch not stored, retry later"}
+    ack = await ws.recv_type("ack")
+    assert ack == {"type": "ack", "batch_id": "half-1", "accepted": 50, "rejected": 0, "durable": "queue"}
+    await wait_for(lambda: len(calls) >= 2, 10, message="the writer retrying")
     assert batch_rows(observer, "half-1") == 0 and count(observer) == 0
     monkeypatch.undo()
-    await ws.send({"batch_id": "half-1", "datapoints": points(event, range(50))})
-    ack = await ws.recv_type("ack")
-    assert ack == {"type": "ack", "batch_id": "half-1", "accepted": 50, "rejected": 0}
+    await server.settled()
     assert count(observer) == 50 and batch_rows(observer, "half-1") == 1
+    await ws.send({"batch_id": "half-1", "datapoints": points(event, range(50))})
+    assert (await ws.recv_type("ack"))["duplicate"] is True
+    assert count(observer) == 50
 
 
 async def test_many_sockets_resending_the_same_batch_store_it_once(server, observer):
@@ -274,6 +290,7 @@ async def test_many_sockets_resending_the_same_batch_store_it_once(server, obser
     acks = [await ws.recv_type("ack", timeout=30) for ws in sockets]
     assert all(a["accepted"] == 300 for a in acks)
     assert sum(1 for a in acks if not a.get("duplicate")) == 1
+    await server.settled()
     assert count(observer) == 300
 
 
@@ -293,4 +310,5 @@ async def test_batch_ids_are_per_sender(server, observer):
     rest = await server.request("POST", "/api/v1/datapoints/batch", {"batch_id": "1", "datapoints": points(event, [3.0])},
                                 token=tokens[0])
     assert rest.code == 201 and rest.json["duplicate"] is True
+    await server.settled()
     assert count(observer) == 2

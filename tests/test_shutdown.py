@@ -36,6 +36,7 @@ class ServeProcess:
             "WEBMACS_DATABASE_URL": database_url, "WEBMACS_SECRET_KEY": SECRET,
             "WEBMACS_INITIAL_ADMIN_EMAIL": ADMIN_EMAIL, "WEBMACS_INITIAL_ADMIN_PASSWORD": ADMIN_PASSWORD,
             "WEBMACS_SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT), "WEBMACS_DB_POOL_SIZE": "4",
+            "WEBMACS_INGEST_QUEUE_PATH": str(log_path.parent / "ingest-queue"),
             "PYTHONUNBUFFERED": "1", **env,
         })
         self.proc: asyncio.subprocess.Process | None = None

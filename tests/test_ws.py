@@ -163,6 +163,7 @@ async def test_batch_limit_500(server):
     await sock.send({"datapoints": [{"value": float(i), "event_public_id": event} for i in range(500)],
                      "batch_id": "full"})
     ack = await sock.recv_type("ack")
+    await server.settled()
     assert ack["accepted"] == 500 and await db_count(server) == 500
 
 
@@ -200,6 +201,7 @@ async def test_partially_valid_batch_keeps_valid_points(server):
                     "batch_id": "mixed"})
     ack = await tel.recv_type("ack")
     assert (ack["accepted"], ack["rejected"]) == (1, 2)
+    await server.settled()
     assert await db_count(server) == 1
 
 
@@ -233,6 +235,7 @@ async def test_linkage_filter_follows_api_changes_immediately(server):
     # delete the event: rejected
     assert (await server.request("DELETE", f"/api/v1/events/{event}")).code == 200
     assert (await push("f"))["type"] == "error"
+    await server.settled()
     assert await db_count(server) == 3
 
 
@@ -429,29 +432,36 @@ async def test_ordering_per_connection(server):
     assert [r["value"] for r in rows] == [float(i) for i in range(30)]
 
 
-async def test_database_down_reports_error_and_keeps_serving(server):
+async def test_database_down_queues_batches_and_stores_them_when_back(server):
+    """Changed with the durable ingest queue: while the database fails, batches are
+    acknowledged once durable in the queue (spec clients get no error) and stored
+    when it is back; a resend is answered as a duplicate and stored once."""
     [event] = await server.linked_events(1)
     tel = await server.ws(TELEMETRY)
     writer = server.services.pipeline.writer
-    original = writer.write
+    original = writer.write_group
 
     def broken(*args):
         raise OperationalError("INSERT INTO datapoints", {}, Exception("connection refused"))
 
-    writer.write = broken
+    writer.write_group = broken
     try:
         await tel.send({"datapoints": [{"value": 1.0, "event_public_id": event}], "batch_id": "down"})
         msg = await tel.recv()
-        assert msg["type"] == "error" and msg["retry"] is True and msg["batch_id"] == "down"
-        assert "Database unavailable" in msg["message"]
-        await tel.send({"datapoints": [{"value": 1.0, "event_public_id": event}]})
-        msg = await tel.recv()
-        assert set(msg) == {"type", "message"} and msg["type"] == "error"
+        assert msg == {"type": "ack", "batch_id": "down", "accepted": 1, "rejected": 0, "durable": "queue"}
+        await tel.send({"datapoints": [{"value": 2.0, "event_public_id": event}]})
+        await tel.send({"type": "ping"})
+        assert await tel.recv() == {"type": "pong"}  # no error for the spec client's batch
+        health = (await server.request("GET", "/health", token=None)).json
+        assert health["ingest_queue"]["records"] == 2 and health["ingest_queue"]["bytes"] > 0
+        assert await db_count(server) == 0
     finally:
-        writer.write = original
+        writer.write_group = original
+    await server.settled()
+    assert await db_count(server) == 2
     await tel.send({"datapoints": [{"value": 1.0, "event_public_id": event}], "batch_id": "down"})
-    assert (await tel.recv())["type"] == "ack"
-    assert await db_count(server) == 1
+    assert (await tel.recv())["duplicate"] is True
+    assert await db_count(server) == 2
 
 
 async def test_stream_is_read_only(server):

@@ -78,6 +78,15 @@ class Settings:
     # WEBMACS_SHUTDOWN_TIMEOUT: seconds a SIGTERM stop takes at most, in total; batches
     # not stored by then are answered "retry".
     shutdown_timeout: float = 10.0
+    # WEBMACS_INGEST_QUEUE_PATH: directory of the durable ingest queue, the local
+    # write-ahead log between telemetry sockets and the database (docs/ingest-queue.md).
+    # Default: an ``ingest-queue`` folder next to the SQLite file, or
+    # ``./webmacs-data/ingest-queue`` for PostgreSQL. Put it on a local disk.
+    ingest_queue_path: str = ""
+    # WEBMACS_INGEST_QUEUE_MAX_MB: accepted readings not yet in the database the queue
+    # holds at most (1..1048576 MB, default 256; ~20 bytes a reading plus ~60 a batch).
+    # A full queue refuses batches ("Server overloaded: batch not stored").
+    ingest_queue_max_mb: int = 256
     # WEBMACS_WEBHOOK_WORKERS: concurrent outgoing webhook requests.
     webhook_workers: int = 10
     # WEBMACS_WEBHOOK_QUEUE: deliveries waiting for a worker before new ones are
@@ -206,6 +215,9 @@ class Settings:
         s.chunk_interval_hours = _int(env, "WEBMACS_CHUNK_INTERVAL_HOURS", s.chunk_interval_hours, 1, 24 * 365)
         s.broadcast_interval_ms = _int(env, "WEBMACS_BROADCAST_INTERVAL_MS", s.broadcast_interval_ms, 10, 10000)
         s.shutdown_timeout = _float(env, "WEBMACS_SHUTDOWN_TIMEOUT", s.shutdown_timeout, 0.1, 600)
+        s.ingest_queue_path = ((env.get("WEBMACS_INGEST_QUEUE_PATH") or "").strip()
+                               or _data_dir(s.database_url, "ingest-queue"))
+        s.ingest_queue_max_mb = _int(env, "WEBMACS_INGEST_QUEUE_MAX_MB", s.ingest_queue_max_mb, 1, 1024 * 1024)
         s.webhook_workers = _int(env, "WEBMACS_WEBHOOK_WORKERS", s.webhook_workers, 1, 100)
         s.webhook_queue = _int(env, "WEBMACS_WEBHOOK_QUEUE", s.webhook_queue, 1, 1_000_000)
         s.webhook_retry_base = _float(env, "WEBMACS_WEBHOOK_RETRY_BASE", s.webhook_retry_base, 0.0, 3600)

@@ -1,6 +1,6 @@
 """The ingest pipeline, top to bottom. Every datapoint, WebSocket or REST, comes through here.
 
-Per batch (:meth:`IngestPipeline.ingest`):
+Per batch:
 
 1. **validate** the batch (at most :data:`MAX_BATCH` points, a sane ``batch_id``)
    and each datapoint (:func:`validate_point`: finite number ``value``, string
@@ -10,24 +10,31 @@ Per batch (:meth:`IngestPipeline.ingest`):
    cached linkage view (:mod:`webmacs.cache`, loaded by
    :func:`webmacs.storage.linkage.load_linkage`; invalidated by every API change,
    so no query per batch and never a stale answer);
-3. **persist** in one transaction on the database executor
-   (:class:`webmacs.storage.datapoints.Writer`): the ``batch_id`` (if any) and all
-   rows in one bulk write, stamped with the running experiment;
+3. **accept**: telemetry (:meth:`IngestPipeline.enqueue`) is appended to the durable
+   ingest queue (:mod:`webmacs.storage.queue`) and answered once it is fsynced; one
+   writer task drains the queue into the database in large transactions (many
+   batches, one COPY, the queue position in the same transaction), retrying with
+   backoff while the database is down. REST writes (:meth:`IngestPipeline.ingest`)
+   are committed directly, before the caller answers;
 4. hand the **last value per event** to the registered listeners — webhooks
-   (``sensor.reading``), rules, the broadcast buffer — in the order they were
-   added (:meth:`IngestPipeline.add_listener`). Each only queues work and returns
-   at once; the pipeline does not know who they are.
+   (``sensor.reading``), rules, the broadcast buffer — at acceptance, in the order
+   they were added (:meth:`IngestPipeline.add_listener`), so live data does not wait
+   for the database. Each only queues work and returns at once.
 
-A database failure raises :class:`IngestError` with ``retry=True`` (the sender may
-resend); anything else is a bug: logged with its traceback, ``retry=False``, so
-a controller does not resend a poison batch forever.
+A database failure of a REST write raises :class:`IngestError` with ``retry=True``
+(the sender may resend); a full queue too (:data:`OVERLOADED`); anything else is a
+bug: logged with its traceback, ``retry=False``, so a controller does not resend a
+poison batch forever.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -35,7 +42,9 @@ from typing import Any, Callable
 from webmacs import metrics, timefmt
 from webmacs.cache import CachedView
 from webmacs.db import DATABASE_ERRORS, Database
+from webmacs.storage import datapoints as dp_store
 from webmacs.storage.datapoints import Writer
+from webmacs.storage.queue import IngestQueue, QueueFull, Record, pack_rows
 from webmacs.storage.linkage import EventInfo, Linkage
 from webmacs.timefmt import FUTURE_TOLERANCE
 
@@ -46,6 +55,18 @@ MAX_BATCH_ID = 64
 NO_VALID = "No valid datapoints in batch"
 DATABASE_DOWN = "Database unavailable: batch not stored, retry later"
 INTERNAL = "Internal error: batch not stored"
+OVERLOADED = "Server overloaded: batch not stored"
+QUEUE_WRITE_FAILED = "Ingest queue write failed: batch not stored, retry later"
+# The writer commits up to this many readings per transaction (group commit).
+GROUP_ROWS = 20_000
+# Writer retries after a database error: 0.2 s doubling to 5 s.
+RETRY_FIRST, RETRY_MAX = 0.2, 5.0
+# Seconds between log lines about the queue (depth and lag, refused batches).
+LOG_INTERVAL = 10.0
+# Seconds a REST resend of a batch still in the queue waits for its commit before "retry".
+REST_WAIT = 30.0
+# (sender, batch_id) of batches committed lately, answered "duplicate" without a query.
+RECENT_BATCH_IDS = 100_000
 MAX_ERRORS = 10  # per-point messages returned with a batch
 
 
@@ -79,6 +100,7 @@ class BatchResult:
     errors: list[str] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)  # datapoint public ids, when asked for
     experiment_public_id: str | None = None
+    queued: bool = False  # durable in the ingest queue, not yet (known to be) in the database
 
 
 Listener = Callable[[list[LastValue]], None]
@@ -131,25 +153,39 @@ def check_batch_id(batch_id: Any) -> str | None:
     return None
 
 
+@dataclass
+class _Accepted:
+    rows: list[tuple[datetime, int, float]]
+    infos: dict[int, EventInfo]
+    errors: list[str]
+    rejected: int
+    experiment: tuple[int, str] | None
+
+
 class IngestPipeline:
-    def __init__(self, db: Database, linkage: CachedView[Linkage]) -> None:
+    def __init__(self, db: Database, linkage: CachedView[Linkage], queue: IngestQueue | None = None) -> None:
         self.db = db
         self.linkage = linkage
         self.writer = Writer(db)
+        self.queue = queue
         self.listeners: list[Listener] = []
-        self.last_time: datetime | None = None  # newest reading stored (``/health``)
+        self.last_time: datetime | None = None  # newest reading accepted (``/health``)
+        self._queued_ids: dict[tuple[str, str], Record] = {}  # batch ids in the queue, not yet committed
+        self._recent_ids: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()
+        self._writer_task: asyncio.Future | None = None
+        self._monitor_task: asyncio.Future | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="webmacs-writer")
+        self._stopping = False
+        self.writer_error: str | None = None  # the last database error of the writer, while it lasts
+        self.refused = [0, 0]  # batches, datapoints refused on a full queue since the last log line
 
     def add_listener(self, listener: Listener) -> None:
-        """``listener(last_values)`` is called on the IOLoop after each committed batch;
-        it must only queue work."""
+        """``listener(last_values)`` is called on the IOLoop for each accepted batch (at
+        acceptance: before the database has it); it must only queue work."""
         self.listeners.append(listener)
 
-    async def ingest(self, raw_points: Any, batch_id: str | None = None, sender: str = "", want_ids: bool = False,
-                     strict: bool = False) -> BatchResult:
-        """Store a batch. ``batch_id``s are de-duplicated per ``sender``
-        (:attr:`webmacs.accounts.Principal.sender`). ``strict`` (REST): the first invalid
-        datapoint refuses the whole batch."""
-        # 1. validate
+    # --- validate and filter (both paths) ---------------------------------------------------
+    async def _accept(self, raw_points: Any, batch_id: str | None, strict: bool) -> _Accepted:
         if not isinstance(raw_points, list):
             raise IngestError("'datapoints' must be an array")
         too_large = check_batch_size(raw_points)
@@ -172,7 +208,6 @@ class IngestPipeline:
                 if len(errors) < MAX_ERRORS:
                     errors.append(f"datapoints[{i}]: {exc}")
 
-        # 2. filter by enabled plugin linkage (in memory)
         self.linkage.maybe_refresh()  # another process's changes, within the refresh age
         try:
             linkage = await self.linkage.current()
@@ -195,9 +230,72 @@ class IngestPipeline:
         if not rows:
             raise IngestError(NO_VALID, errors=errors)
         metrics.DATAPOINTS_ACCEPTED.inc(len(rows))
-        experiment = linkage.experiment
+        return _Accepted(rows, infos, errors, rejected, linkage.experiment)
 
-        # 3. persist: one transaction, one bulk write
+    def _known_batch(self, sender: str, batch_id: str | None) -> tuple[Record | None, tuple[int, int] | None]:
+        """A batch id already in the queue (its record) or committed lately (its counts)."""
+        if batch_id is None:
+            return None, None
+        key = (sender, batch_id)
+        return self._queued_ids.get(key), self._recent_ids.get(key)
+
+    def _remember(self, key: tuple[str, str], counts: tuple[int, int]) -> None:
+        self._recent_ids[key] = counts
+        self._recent_ids.move_to_end(key)
+        while len(self._recent_ids) > RECENT_BATCH_IDS:
+            self._recent_ids.popitem(last=False)
+
+    # --- telemetry: into the queue -------------------------------------------------------------
+    async def enqueue(self, raw_points: Any, batch_id: str | None = None,
+                      sender: str = "") -> tuple[BatchResult, asyncio.Future | None]:
+        """Accept a telemetry batch into the durable queue. Returns its result and a future
+        that resolves once it is durable (None: a duplicate, answered from the first time).
+        A full queue raises :class:`IngestError` (:data:`OVERLOADED`, ``retry=True``)."""
+        if self.queue is None:
+            return await self.ingest(raw_points, batch_id, sender), None
+        acc = await self._accept(raw_points, batch_id, False)
+        queued, recent = self._known_batch(sender, batch_id)
+        if queued is not None or recent is not None:
+            metrics.DUPLICATE_BATCHES.inc()
+            accepted, rejected = (queued.accepted, queued.rejected) if queued is not None else recent
+            return BatchResult(accepted, rejected, duplicate=True), queued.durable if queued is not None else None
+        experiment = acc.experiment
+        try:
+            rec = self.queue.append(pack_rows(acc.rows), experiment[0] if experiment else None, len(acc.rows),
+                                    acc.rejected, sender, batch_id)
+        except QueueFull:
+            self.refused[0] += 1
+            self.refused[1] += len(acc.rows)
+            metrics.QUEUE_REFUSED.inc()
+            raise IngestError(OVERLOADED, retry=True) from None
+        if batch_id is not None:
+            key = (sender, batch_id)
+            self._queued_ids[key] = rec
+            rec.durable.add_done_callback(lambda f: f.exception() and self._queued_ids.pop(key, None))
+        exp_public = experiment[1] if experiment else None
+        self._publish(acc, exp_public)
+        return BatchResult(len(acc.rows), acc.rejected, errors=acc.errors, experiment_public_id=exp_public,
+                           queued=True), rec.durable
+
+    # --- REST: committed before the answer ---------------------------------------------------------
+    async def ingest(self, raw_points: Any, batch_id: str | None = None, sender: str = "", want_ids: bool = False,
+                     strict: bool = False) -> BatchResult:
+        """Store a batch now, in one transaction. ``batch_id``s are de-duplicated per ``sender``
+        (:attr:`webmacs.accounts.Principal.sender`), across the queue and the database.
+        ``strict`` (REST): the first invalid datapoint refuses the whole batch."""
+        acc = await self._accept(raw_points, batch_id, strict)
+        queued, recent = self._known_batch(sender, batch_id)
+        if queued is not None:  # the first copy is on its way: answer once it is committed
+            try:
+                await asyncio.wait_for(self.queue.wait_committed(queued.seq), REST_WAIT)
+            except asyncio.TimeoutError:  # the database is not taking it now: the caller may retry
+                raise IngestError(DATABASE_DOWN, retry=True) from None
+            metrics.DUPLICATE_BATCHES.inc()
+            return BatchResult(queued.accepted, queued.rejected, duplicate=True)
+        if recent is not None:
+            metrics.DUPLICATE_BATCHES.inc()
+            return BatchResult(*recent, duplicate=True)
+        rows, rejected, experiment = acc.rows, acc.rejected, acc.experiment
         started = time.perf_counter()
         try:
             duplicate, accepted, rejected_stored, ids = await self.db.run(
@@ -210,25 +308,137 @@ class IngestPipeline:
             log.exception("batch not stored: unexpected error")
             raise IngestError(INTERNAL) from None
         metrics.COMMIT_DURATION.observe(time.perf_counter() - started)
+        if batch_id is not None:
+            self._remember((sender, batch_id), (accepted, rejected_stored))
         if duplicate:
             metrics.DUPLICATE_BATCHES.inc()
             return BatchResult(accepted, rejected_stored, duplicate=True)
         metrics.DATAPOINTS_PERSISTED.inc(len(rows))
-
-        # 4. last value per event -> listeners (they queue, never block)
         exp_public = experiment[1] if experiment else None
+        self._publish(acc, exp_public)
+        return BatchResult(accepted, rejected, errors=acc.errors, ids=ids, experiment_public_id=exp_public)
+
+    def _publish(self, acc: _Accepted, exp_public: str | None) -> None:
+        """The last value per event -> listeners (they queue, never block)."""
         newest: dict[int, tuple[datetime, int, float]] = {}  # plain tuples: this loop runs per datapoint
-        for row in rows:
+        for row in acc.rows:
             prev = newest.get(row[1])
             if prev is None or row[0] >= prev[0]:
                 newest[row[1]] = row
-        last = [LastValue(infos[eid], value, ts, exp_public) for eid, (ts, _e, value) in newest.items()]
+        last = [LastValue(acc.infos[eid], value, ts, exp_public) for eid, (ts, _e, value) in newest.items()]
         for listener in self.listeners:
             try:
                 listener(last)
-            except Exception:  # noqa: BLE001 - the batch is stored; one consumer's bug must not undo that
+            except Exception:  # noqa: BLE001 - the batch is accepted; one consumer's bug must not undo that
                 log.exception("ingest listener %r failed", listener)
         newest_time = max(lv.time for lv in last)
         if self.last_time is None or newest_time > self.last_time:
             self.last_time = newest_time
-        return BatchResult(accepted, rejected, errors=errors, ids=ids, experiment_public_id=exp_public)
+
+    # --- the queue's life cycle and its writer ------------------------------------------------------
+    def open_queue(self) -> None:
+        """Blocking, at start: take a queue slot and load what the last run left uncommitted
+        (the writer replays it first)."""
+        if self.queue is None:
+            return
+        queue_id = self.queue.claim()
+        with self.db.Session() as session:
+            committed = dp_store.queue_position(session, queue_id)
+            # a controller resending after a restart is answered "duplicate" without a query
+            for sender, batch_id, accepted, rejected in dp_store.recent_batch_ids(session, RECENT_BATCH_IDS):
+                self._recent_ids[(sender, batch_id)] = (accepted, rejected)
+        for rec in self.queue.open(committed):
+            if rec.batch_id is not None:
+                self._queued_ids[(rec.sender, rec.batch_id)] = rec
+
+    def start(self) -> None:
+        if self.queue is not None and self._writer_task is None:
+            self._writer_task = asyncio.ensure_future(self._write_loop())
+            self._monitor_task = asyncio.ensure_future(self._monitor())
+
+    async def stop(self, timeout: float) -> None:
+        """Let the writer commit what is queued, at most ``timeout`` s; what is left stays
+        in the queue for the next start."""
+        if self.queue is None or self._writer_task is None:
+            return
+        self._stopping = True
+        try:
+            await asyncio.wait_for(asyncio.shield(self._writer_task), timeout)
+        except asyncio.TimeoutError:
+            records, size, _lag = self.queue.depth()
+            log.warning("ingest queue: %d batches (%d bytes) not yet in the database at shutdown: "
+                        "kept in %s for the next start", records, size, self.queue.dir)
+        finally:  # also when the caller gives up on us (cancelled)
+            self._writer_task.cancel()
+            self._monitor_task.cancel()
+            self.queue.close()
+            self._executor.shutdown(wait=False)
+
+    async def _write_loop(self) -> None:
+        queue, loop = self.queue, asyncio.get_running_loop()
+        delay, last_log = RETRY_FIRST, 0.0
+        while True:
+            group = queue.take(GROUP_ROWS)
+            if not group:
+                if self._stopping and not queue.pending:
+                    return
+                await queue.wait_ready(0.5)
+                continue
+            started = time.perf_counter()
+            try:
+                seq, written, duplicates = await loop.run_in_executor(
+                    self._executor, self.writer.write_group, group, queue.queue_id)
+            except RuntimeError:  # executor shut down: the server is stopping
+                return
+            except Exception as exc:  # noqa: BLE001 - retried; the records stay queued
+                self.writer_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                now = time.monotonic()
+                if now - last_log >= LOG_INTERVAL:
+                    last_log = now
+                    if isinstance(exc, DATABASE_ERRORS):
+                        log.warning("ingest writer: database unavailable, retrying (queue: %d batches): %s",
+                                    len(queue.pending), self.writer_error)
+                    else:
+                        log.exception("ingest writer: unexpected error, retrying")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            if self.writer_error is not None:
+                log.info("ingest writer: database back, catching up (queue: %d batches)", len(queue.pending))
+                self.writer_error = None
+            delay = RETRY_FIRST
+            metrics.COMMIT_DURATION.observe(time.perf_counter() - started)
+            metrics.DATAPOINTS_PERSISTED.inc(written)
+            metrics.DUPLICATE_BATCHES.inc(duplicates)
+            for rec in queue.committed(seq):
+                if rec.batch_id is not None:
+                    key = (rec.sender, rec.batch_id)
+                    if self._queued_ids.get(key) is rec:
+                        del self._queued_ids[key]
+                    self._remember(key, (rec.accepted, rec.rejected))
+
+    async def _monitor(self) -> None:
+        """Log the queue's depth and lag while the writer is behind, and refused batches."""
+        behind = False
+        while True:
+            await asyncio.sleep(LOG_INTERVAL)
+            records, size, lag = self.queue.depth()
+            if lag > LOG_INTERVAL:
+                behind = True
+                log.warning("ingest queue: %d batches (%.1f MB) waiting for the database, oldest %.0f s",
+                            records, size / 1e6, lag)
+            elif behind:
+                behind = False
+                log.info("ingest queue: caught up (%d batches waiting)", records)
+            if self.refused[0]:
+                log.error("ingest queue full (%d of %d MB): refused %d batches (%d datapoints) in the last %.0f s",
+                          size // (1024 * 1024), self.queue.max_bytes // (1024 * 1024), self.refused[0],
+                          self.refused[1], LOG_INTERVAL)
+                self.refused = [0, 0]
+
+    def queue_depth(self) -> dict:
+        """``/health``'s view of the queue."""
+        if self.queue is None:
+            return {"records": 0, "bytes": 0, "writer_lag_seconds": 0.0}
+        records, size, lag = self.queue.depth()
+        return {"records": records, "bytes": size, "writer_lag_seconds": round(lag, 3)}

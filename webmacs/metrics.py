@@ -53,8 +53,12 @@ BATCH_DURATION = Histogram(
     "answer (ack or error), including time queued behind the connection's earlier batches.",
     buckets=LATENCY_BUCKETS)
 COMMIT_DURATION = Histogram(
-    "webmacs_commit_duration_seconds", "Writing one batch to the database: one transaction, including "
-    "the wait for a database thread.", buckets=LATENCY_BUCKETS)
+    "webmacs_commit_duration_seconds", "One database transaction of the ingest path: a group of queued "
+    "batches committed by the writer, or one REST batch (including the wait for a database thread).",
+    buckets=LATENCY_BUCKETS)
+QUEUE_REFUSED = Counter(
+    "webmacs_ingest_queue_refused", "Telemetry batches refused because the ingest queue was full "
+    "(WEBMACS_INGEST_QUEUE_MAX_MB): answered \"Server overloaded: batch not stored\".")
 
 # --- broadcast --------------------------------------------------------------------------------
 FLUSH_DURATION = Histogram(
@@ -92,6 +96,15 @@ INGEST_QUEUE = Gauge(
 BATCHES_IN_FLIGHT = Gauge(
     "webmacs_ingest_batches_in_flight", "Telemetry batches read and not yet answered (the writer's lag "
     "in batches).", multiprocess_mode=_MODE)
+QUEUE_RECORDS = Gauge(
+    "webmacs_ingest_queue_records", "Batches in the durable ingest queue not yet committed to the database.",
+    multiprocess_mode=_MODE)
+QUEUE_BYTES = Gauge(
+    "webmacs_ingest_queue_bytes", "Bytes of the durable ingest queue's uncommitted batches.",
+    multiprocess_mode=_MODE)
+WRITER_LAG = Gauge(
+    "webmacs_ingest_writer_lag_seconds", "Age of the oldest batch in the ingest queue not yet committed "
+    "(0 when the writer has caught up).", multiprocess_mode="livemax")
 SUBSCRIBERS = Gauge("webmacs_subscribers_connected", "Dashboard stream sockets (/ws/datapoints/stream) open.",
                     multiprocess_mode=_MODE)
 CONTROLLERS = Gauge("webmacs_controllers_connected", "Controller telemetry sockets (/ws/controller/telemetry) "

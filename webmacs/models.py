@@ -315,6 +315,15 @@ class IngestBatch(Base):
     created_on: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow, index=True)
 
 
+class IngestQueueState(Base):
+    """How far the writer got: the highest ingest queue record (``committed_seq``) whose
+    rows are committed, updated in the same transaction as them (webmacs/storage/queue.py)."""
+
+    __tablename__ = "ingest_queue_state"
+    queue_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    committed_seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
 class Dashboard(Base):
     """A custom dashboard: its owner's, or everyone's when ``is_global``."""
 

@@ -33,6 +33,7 @@ from webmacs.ratelimit import Guards
 from webmacs.rules import RuleEngine, server_log
 from webmacs.storage import datapoints, retention
 from webmacs.storage.linkage import load_linkage
+from webmacs.storage.queue import IngestQueue
 from webmacs.sso import OidcClient
 from webmacs.webhooks import WebhookDispatcher
 
@@ -45,6 +46,9 @@ DELIVERY_RETENTION = timedelta(days=30)
 # Seconds between background database checks (drives system.health_changed).
 HEALTH_CHECK_INTERVAL = 10
 HOUSEKEEPING_INTERVAL = 3600
+# Seconds a stopping server lets the ingest writer commit what is queued (the rest is
+# replayed at the next start).
+QUEUE_DRAIN_TIMEOUT = 2.0
 # PostgreSQL advisory lock key: of several server processes on one database, only
 # the one holding it runs housekeeping (SQLite has one process anyway).
 HOUSEKEEPING_LOCK = 0x7765626D  # "webm"
@@ -58,11 +62,12 @@ class Services:
         self.webhooks = WebhookDispatcher(self.db, config)
         self.rules = RuleEngine(self.db, self.webhooks)
         self.linkage = CachedView("linkage", self.db.session, load_linkage)
-        self.pipeline = IngestPipeline(self.db, self.linkage)
+        self.pipeline = IngestPipeline(self.db, self.linkage, IngestQueue(
+            config.ingest_queue_path, config.database_url, config.ingest_queue_max_mb * 1024 * 1024))
         self.sso = OidcClient(config) if config.oidc_enabled else None  # single sign-on, when configured
         self.guards = Guards(config)  # request and login rate limits, the password hasher
         self.health = HealthProbe(self.db)  # /health's own database check
-        # Consumers of committed batches, in this order.
+        # Consumers of accepted batches, in this order.
         self.pipeline.add_listener(self.webhooks.sensor_readings)
         self.pipeline.add_listener(self.rules.evaluate)
         self.pipeline.add_listener(self.hub.publish_readings)
@@ -101,9 +106,11 @@ class Services:
             session.commit()
             self.pipeline.last_time = datapoints.newest_time(session)
         accounts.warn_if_no_users(self.db)
+        self.pipeline.open_queue()  # what the last run accepted and did not commit is replayed first
 
     async def start(self) -> None:
         """The I/O of starting, in order; :meth:`stop` undoes it in reverse."""
+        self.pipeline.start()  # the ingest queue's writer
         await self.rules.view.current()
         await self.webhooks.start()
         await server_log(self.db, "Server started", "info")
@@ -127,11 +134,13 @@ class Services:
         self._callbacks.clear()
 
     async def stop(self) -> None:
-        """After sockets are closed: the log entry, webhooks, caches (reverse of start)."""
+        """After sockets are closed: the log entry, webhooks, caches, the ingest writer (reverse of start)."""
         await server_log(self.db, "Server stopped", "info")
         await self.webhooks.stop()
         self.changes.close()
         self.health.close()
+        # last, so a hung database cannot keep the others from stopping; what is left stays queued
+        await self.pipeline.stop(min(QUEUE_DRAIN_TIMEOUT, self.config.shutdown_timeout / 4))
         metrics.process_exit()
 
     # --- in-flight telemetry ---------------------------------------------------------------
@@ -215,6 +224,10 @@ class Services:
         controllers = self.hub.groups.get(CONTROLLER, ())
         metrics.INGEST_QUEUE.set(sum(getattr(c.handler, "_queued_points", 0) for c in controllers))
         metrics.BATCHES_IN_FLIGHT.set(self.inflight)
+        queue = self.pipeline.queue_depth()
+        metrics.QUEUE_RECORDS.set(queue["records"])
+        metrics.QUEUE_BYTES.set(queue["bytes"])
+        metrics.WRITER_LAG.set(queue["writer_lag_seconds"])
         metrics.SUBSCRIBERS.set(self.hub.count(FRONTEND))
         metrics.CONTROLLERS.set(len(controllers))
         checkedout = getattr(self.db.engine.pool, "checkedout", None)

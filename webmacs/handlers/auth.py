@@ -266,6 +266,7 @@ class HealthHandler(BaseHandler):
             "database": "ok" if db_ok else "error",
             "last_datapoint": iso(services.last_datapoint_time()),
             "uptime_seconds": round(time.monotonic() - services.started_monotonic, 3),
+            "ingest_queue": services.pipeline.queue_depth(),  # docs/ingest-queue.md
         })
 
 

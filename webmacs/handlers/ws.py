@@ -1,10 +1,11 @@
 """The two WebSocket endpoints of ``websocket-api.md``.
 
-- ``/ws/controller/telemetry``: batches in, through :mod:`webmacs.ingest`.
-  ``on_message`` is synchronous, so Tornado goes on reading a connection (its
-  pings and pongs among them) while a batch is being stored; data frames wait in
-  a per-connection queue (bounded by :data:`MAX_QUEUED_BYTES`) drained by one
-  task, so a connection's batches persist in arrival order.
+- ``/ws/controller/telemetry``: batches in, through :mod:`webmacs.ingest` into the
+  durable ingest queue. ``on_message`` is synchronous, so Tornado goes on reading a
+  connection (its pings and pongs among them) while a batch is being accepted; data
+  frames wait in a per-connection queue (bounded by :data:`MAX_QUEUED_BYTES`) drained
+  by one task, so a connection's batches enter the ingest queue (and the database)
+  in arrival order, and are answered in that order once durable.
 - ``/ws/datapoints/stream``: read-only; the connection manager pushes coalesced
   ``datapoints_batch`` frames to it.
 
@@ -21,7 +22,6 @@ instead of growing the server's memory.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import deque
@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 from tornado.websocket import WebSocketHandler
 
-from webmacs import metrics
+from webmacs import jsoncodec, metrics
 from webmacs.accounts import AuthError, authenticate
 from webmacs.broadcast import CONTROLLER, FRONTEND, Connection
 from webmacs.db import DATABASE_ERRORS
-from webmacs.ingest import IngestError, check_batch_id, check_batch_size
+from webmacs.ingest import OVERLOADED, QUEUE_WRITE_FAILED, IngestError, check_batch_id, check_batch_size
 
 if TYPE_CHECKING:  # typing only: webmacs.services never imports the handlers
     from webmacs.services import Services
@@ -53,7 +53,6 @@ MAX_QUEUED_POINTS = 25_000
 # per-connection queue instead: a controller may send them as fast as it is answered.
 MESSAGE_RATE = 200
 MESSAGE_BURST = 1000
-OVERLOADED = "Server overloaded: batch not stored"
 SHUTTING_DOWN = "Server shutting down: batch not stored, retry later"
 
 
@@ -155,7 +154,7 @@ class _Socket(WebSocketHandler):
         """The frame as a JSON object, or None after answering an error (counted against
         the message rate like any frame that is not a batch)."""
         try:
-            data = json.loads(message)
+            data = jsoncodec.loads(message)
         except (ValueError, UnicodeDecodeError):
             self.error("Invalid JSON: message must be a JSON object")
             return None
@@ -184,11 +183,14 @@ class TelemetryHandler(_Socket):
         return data.get("type") != "ping" and "datapoints" in data
 
     def initialize(self) -> None:
-        # [datapoints, batch_id, frame size, answered, read at]; the first one is being stored
+        # [datapoints, batch_id, frame size, answered, read at]; the first one is being accepted
         self._queue: deque[list] = deque()
         self._queued_bytes = 0
         self._queued_points = 0
         self._worker: asyncio.Future | None = None
+        # accepted batches waiting for their answer, in arrival order: [item, durable future or None,
+        # result or IngestError]; answered strictly in this order
+        self._answers: deque[list] = deque()
 
     def handle(self, data: dict, size: int) -> None:
         """The frame's shape only; the batch and its datapoints are the pipeline's to check."""
@@ -225,41 +227,62 @@ class TelemetryHandler(_Socket):
             self._worker = asyncio.ensure_future(self._drain())
 
     async def _drain(self) -> None:
-        """Store the queued batches one after the other, answering each."""
+        """Accept the queued batches one after the other into the ingest queue; each is
+        answered once durable there (:meth:`_answer`), in arrival order."""
         services = self.services
         while self._queue:
             item = self._queue[0]
             points, batch_id = item[0], item[1]
+            entry: list = [item, None, None]
             try:
-                result = await services.pipeline.ingest(points, batch_id=batch_id, sender=self.conn.sender)
+                entry[2], entry[1] = await services.pipeline.enqueue(points, batch_id=batch_id,
+                                                                     sender=self.conn.sender)
             except IngestError as exc:
-                if not item[3]:
-                    self.reject(exc.message, batch_id, exc.retry, exc.errors)
-            else:
-                if batch_id is not None and not item[3]:
-                    self.send(_ack(batch_id, result))
+                entry[2] = exc
             finally:
-                metrics.BATCH_DURATION.observe(time.perf_counter() - item[4])
-                self._forget(self._queue.popleft())
+                self._queue.popleft()
+                self._queued_bytes -= item[2]
+                self._queued_points -= len(item[0])
+            self._answers.append(entry)
+            if entry[1] is not None and not entry[1].done():
+                entry[1].add_done_callback(self._answer)
+            else:
+                self._answer()
 
-    def _forget(self, item: list) -> None:
-        self._queued_bytes -= item[2]
-        self._queued_points -= len(item[0])
-        self.services.batch_done()
+    def _answer(self, _future: Any = None) -> None:
+        """Answer the accepted batches whose turn it is: durable (or refused) ones, oldest first."""
+        while self._answers and (self._answers[0][1] is None or self._answers[0][1].done()):
+            item, durable, result = self._answers.popleft()
+            batch_id = item[1]
+            if durable is not None and durable.exception() is not None:
+                result = IngestError(QUEUE_WRITE_FAILED, retry=True)
+            if not item[3]:
+                item[3] = True
+                if isinstance(result, IngestError):
+                    self.reject(result.message, batch_id, result.retry, result.errors)
+                elif batch_id is not None:
+                    self.send(_ack(batch_id, result))
+            metrics.BATCH_DURATION.observe(time.perf_counter() - item[4])
+            self.services.batch_done()
 
     def abandon_batches(self) -> None:
-        """Shutdown ran out of time: answer every batch read but not stored with
-        "retry" (one being written may still commit; its resend is then a duplicate)."""
+        """Shutdown ran out of time: answer every batch read but not accepted with
+        "retry" (one being accepted may still get in; its resend is then a duplicate)."""
         for item in self._queue:
             if not item[3]:
                 item[3] = True
                 self.reject(SHUTTING_DOWN, item[1], retry=True)
-        while len(self._queue) > 1:  # the first is with the database; its task finishes it
-            self._forget(self._queue.pop())
+        while len(self._queue) > 1:  # the first is with the pipeline; its task finishes it
+            item = self._queue.pop()
+            self._queued_bytes -= item[2]
+            self._queued_points -= len(item[0])
+            self.services.batch_done()
 
 
 def _ack(batch_id: str, result) -> dict:
     ack = {"type": "ack", "batch_id": batch_id, "accepted": result.accepted, "rejected": result.rejected}
+    if result.queued:
+        ack["durable"] = "queue"
     if result.duplicate:
         ack["duplicate"] = True
     if result.errors:

@@ -8,7 +8,8 @@ Rows are ``(id bigint, time, event_id, value, experiment_id)`` with one index on
 from __future__ import annotations
 
 import io
-from datetime import datetime, timezone
+import struct
+from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import and_, delete, func, select, text
 
@@ -116,6 +117,128 @@ class Writer:
         return [public_id(event_id, ts, first + i) for i, (ts, event_id, _v) in enumerate(rows)]
 
 
+    # --- the ingest queue's writer: many records, one transaction ---------------------------
+    def write_group(self, records: list, queue_id: str) -> tuple[int, int, int]:
+        """Commit queue records (:class:`webmacs.storage.queue.Record`, in sequence order) in
+        one transaction: their batch ids, all their rows in one COPY (one executemany on
+        SQLite), and ``ingest_queue_state.committed_seq`` of ``queue_id`` — together, so a
+        crash at any moment leaves either all of it or none. Records at or below the stored
+        ``committed_seq`` (a replay of what a previous run committed) and records whose
+        batch id this sender already stored are skipped.
+
+        Returns ``(committed seq, rows written, duplicate batches skipped)``."""
+        with self.db.engine.begin() as conn:
+            pg = conn.dialect.name == "postgresql"
+            done = conn.execute(text("SELECT committed_seq FROM ingest_queue_state WHERE queue_id = :q"
+                                     + (" FOR UPDATE" if pg else "")), {"q": queue_id}).scalar()
+            if done is None:
+                conn.execute(text("INSERT INTO ingest_queue_state (queue_id, committed_seq) VALUES (:q, 0)"),
+                             {"q": queue_id})
+                done = 0
+            todo = [r for r in records if r.seq > done]
+            fresh = self._claim_batch_ids(conn, todo, pg)
+            if fresh:
+                if pg:
+                    self._copy_records(conn, fresh)
+                else:
+                    self._insert_records(conn, fresh)
+            committed = max(done, records[-1].seq)
+            self._set_committed(conn, queue_id, committed)
+        return committed, sum(r.count for r in fresh), len(todo) - len(fresh)
+
+    @staticmethod
+    def _claim_batch_ids(conn, records: list, pg: bool) -> list:
+        """Insert the batch ids of ``records``; the records to write (no batch id, or one
+        not stored before, first occurrence)."""
+        keys = list(dict.fromkeys((r.sender, r.batch_id) for r in records if r.batch_id is not None))
+        inserted: set = set()
+        now = datetime.now(timezone.utc)
+        created = now if pg else timefmt.sqlite_text(now)
+        counts = {(r.sender, r.batch_id): (r.accepted, r.rejected) for r in reversed(records) if r.batch_id}
+        for start in range(0, len(keys), 200):
+            chunk = keys[start:start + 200]
+            params: dict = {"c": created}
+            values = []
+            for i, key in enumerate(chunk):
+                params[f"s{i}"], params[f"b{i}"] = key
+                params[f"a{i}"], params[f"r{i}"] = counts[key]
+                values.append(f"(:s{i}, :b{i}, :a{i}, :r{i}, :c)")
+            inserted.update(tuple(row) for row in conn.execute(text(
+                "INSERT INTO ingest_batches (sender, batch_id, accepted, rejected, created_on) VALUES "
+                + ", ".join(values) + " ON CONFLICT (sender, batch_id) DO NOTHING RETURNING sender, batch_id"),
+                params))
+        out = []
+        for r in records:
+            if r.batch_id is None:
+                out.append(r)
+            elif (r.sender, r.batch_id) in inserted:
+                inserted.discard((r.sender, r.batch_id))  # a second record with the same id is a duplicate
+                out.append(r)
+        return out
+
+    @staticmethod
+    def _set_committed(conn, queue_id: str, seq: int) -> None:
+        conn.execute(text("UPDATE ingest_queue_state SET committed_seq = :s WHERE queue_id = :q"),
+                     {"s": seq, "q": queue_id})
+
+    @staticmethod
+    def _copy_records(conn, records: list) -> None:
+        """All rows of ``records`` in one binary COPY: packed straight from the queue's
+        (µs since 1970, event id, value) rows, no text formatting or parsing of times."""
+        parts = [_COPY_HEADER]
+        for rec in records:
+            if rec.experiment_id is None:
+                pack = _COPY_ROW_NULL.pack
+                parts.extend([pack(4, 8, us - _PG_EPOCH_US, 4, event_id, 8, value, -1)
+                              for us, event_id, value in rec.unpacked()])
+            else:
+                pack, exp = _COPY_ROW.pack, rec.experiment_id
+                parts.extend([pack(4, 8, us - _PG_EPOCH_US, 4, event_id, 8, value, 4, exp)
+                              for us, event_id, value in rec.unpacked()])
+        parts.append(_COPY_TRAILER)
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            cursor.copy_expert("COPY datapoints (time, event_id, value, experiment_id) FROM STDIN WITH (FORMAT binary)",
+                               io.BytesIO(b"".join(parts)))
+        finally:
+            cursor.close()
+
+    @staticmethod
+    def _insert_records(conn, records: list) -> None:
+        text_of = _MicrosText(lambda us: (_EPOCH_NAIVE + timedelta(microseconds=us)).isoformat(" ", "microseconds"))
+        params = [(text_of[us], event_id, value, rec.experiment_id)
+                  for rec in records for us, event_id, value in rec.unpacked()]
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            cursor.executemany("INSERT INTO datapoints (time, event_id, value, experiment_id) VALUES (?, ?, ?, ?)",
+                               params)
+        finally:
+            cursor.close()
+
+
+_EPOCH_NAIVE = datetime(1970, 1, 1)
+# PostgreSQL's binary COPY: signature, flags, header extension; per row the field count
+# and each field as (length, value) — timestamptz as µs since 2000-01-01, int4, float8,
+# int4 or NULL (length -1) — then -1 to end.
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_COPY_TRAILER = struct.pack(">h", -1)
+_COPY_ROW = struct.Struct(">hiqiiidii")
+_COPY_ROW_NULL = struct.Struct(">hiqiiidi")
+_PG_EPOCH_US = 946_684_800_000_000
+
+
+class _MicrosText(dict):
+    """Formats each distinct time (µs since the epoch) once."""
+
+    def __init__(self, fmt) -> None:
+        super().__init__()
+        self.fmt = fmt
+
+    def __missing__(self, micros: int) -> str:
+        value = self[micros] = self.fmt(micros)
+        return value
+
+
 class _TimeText(dict):
     """Formats each distinct time once: rows of a batch mostly share the receive time."""
 
@@ -219,3 +342,17 @@ def newest_time(session) -> datetime | None:
 def event_exists(session, event_public_id: str) -> bool:
     return session.execute(select(Event.id).where(Event.public_id == event_public_id)).first() is not None
 
+
+
+def queue_position(session, queue_id: str) -> int:
+    """The highest ingest queue record of ``queue_id`` already committed (0: none)."""
+    seq = session.execute(text("SELECT committed_seq FROM ingest_queue_state WHERE queue_id = :q"),
+                          {"q": queue_id}).scalar()
+    return int(seq or 0)
+
+
+def recent_batch_ids(session, limit: int) -> list[tuple[str, str, int, int]]:
+    """``(sender, batch_id, accepted, rejected)`` of the ``limit`` newest stored batch ids, oldest first."""
+    rows = session.execute(text("SELECT sender, batch_id, accepted, rejected FROM ingest_batches "
+                                "ORDER BY created_on DESC LIMIT :n"), {"n": limit}).all()
+    return [tuple(r) for r in reversed(rows)]
