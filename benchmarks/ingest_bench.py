@@ -855,6 +855,11 @@ async def rest(method: str, url: str, body=None, token: str | None = None) -> tu
     return resp.code, payload
 
 
+def _data(body: dict) -> dict:
+    """A write's resource: under "data" (the StatusResponse envelope), or the body itself."""
+    return body["data"] if isinstance(body.get("data"), dict) else body
+
+
 async def setup_sensors(base: str, email: str, password: str, n: int, experiment: bool) -> dict:
     code, body = await rest("POST", f"{base}/api/v1/auth/login", {"email": email, "password": password})
     if code != 200:
@@ -865,16 +870,18 @@ async def setup_sensors(base: str, email: str, password: str, n: int, experiment
                             {"plugin_id": "revpi", "instance_name": f"bench {tag}"}, token)
     if code != 201:
         raise SystemExit(f"plugin instance: {code} {inst}")
-    instance = inst["public_id"]
+    instance = _data(inst)["public_id"]
     events = []
     sem = asyncio.Semaphore(8)
 
     async def one(i: int) -> None:
         async with sem:
             code, ev = await rest("POST", f"{base}/api/v1/events",
-                                  {"name": f"bench {tag} sensor {i}", "type": "sensor", "unit": "ms"}, token)
+                                  {"name": f"bench {tag} sensor {i}", "type": "sensor", "unit": "ms",
+                                   "min_value": 0, "max_value": 1e15}, token)
             if code != 201:
                 raise SystemExit(f"event: {code} {ev}")
+            ev = _data(ev)
             code, ch = await rest("POST", f"{base}/api/v1/plugins/{instance}/channels", {
                 "channel_id": f"bench{i}", "channel_name": f"Bench {i}", "direction": "input", "unit": "ms",
                 "event_public_id": ev["public_id"]}, token)
@@ -893,7 +900,7 @@ async def setup_sensors(base: str, email: str, password: str, n: int, experiment
         code, exp = await rest("POST", f"{base}/api/v1/experiments", {"name": f"bench {tag}"}, token)
         if code != 201:
             raise SystemExit(f"experiment: {code} {exp}")
-        exp_public = exp["public_id"]
+        exp_public = _data(exp)["public_id"]
     return {"token": token, "events": [e for _, e in events], "experiment": exp_public, "instance": instance}
 
 
