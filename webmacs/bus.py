@@ -214,7 +214,9 @@ class PgBus(Bus):
     def _open_listener(self):
         import psycopg2
 
-        conn = psycopg2.connect(self.dsn, application_name=f"webmacs-bus {os.getpid()}", connect_timeout=10)
+        # TCP keepalives: a peer gone without a word (network cut) is noticed within about a minute
+        conn = psycopg2.connect(self.dsn, application_name=f"webmacs-bus {os.getpid()}", connect_timeout=10,
+                                keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3)
         conn.autocommit = True
         with conn.cursor() as cur:
             for channel in self._subscribers:
