@@ -369,3 +369,22 @@ async def test_bus_carries_a_message_longer_than_notify_allows(cluster):
         await sender.stop()
         await listener.stop()
         pool.shutdown()
+
+
+
+async def test_workers_refused_on_sqlite(tmp_path):
+    """No cluster needed: more than one process on SQLite is one clear line, exit 2."""
+    import sys
+
+    from tests.procs import clean_env, free_port
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "webmacs", "serve", "--workers", "2", "--port", str(free_port()),
+        env=clean_env(WEBMACS_DATABASE_URL=f"sqlite:///{tmp_path / 'w.db'}"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2, err
+    assert err.decode().strip().splitlines() == [
+        "webmacs: error: --workers 2: more than one server process needs PostgreSQL/TimescaleDB "
+        "(WEBMACS_DATABASE_URL is SQLite, which one process owns); use --workers 1"], err
+    assert not (tmp_path / "w.db").exists()  # refused before touching anything
