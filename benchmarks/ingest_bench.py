@@ -194,6 +194,14 @@ def our_postgres_pids(database_url: str | None) -> set[int] | None:
         conn.close()
 
 
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (the workers of ``webmacs serve --workers N``)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
 def vmrss_kb(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/status") as fh:
@@ -773,7 +781,7 @@ class DB:
 
 class Server:
     def __init__(self, database_url: str, workdir: Path, pool_size: int | None, extra_env: dict,
-                 switch_interval: float | None = None, wrapper: str | None = None) -> None:
+                 switch_interval: float | None = None, wrapper: str | None = None, workers: int = 1) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ)
@@ -790,6 +798,8 @@ class Server:
         self.log_path = workdir / "server.log"
         self._log = open(self.log_path, "wb")
         argv = ["serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        if workers != 1:
+            argv += ["--workers", str(workers)]
         if wrapper:  # experiment only: the unchanged server with proposed changes patched in
             cmd = [str(REPO / ".venv/bin/python"), str(Path(wrapper).resolve()), *argv]
         elif switch_interval is None:
@@ -845,6 +855,11 @@ async def rest(method: str, url: str, body=None, token: str | None = None) -> tu
     return resp.code, payload
 
 
+def _data(body: dict) -> dict:
+    """A write's resource: under "data" (the StatusResponse envelope), or the body itself."""
+    return body["data"] if isinstance(body.get("data"), dict) else body
+
+
 async def setup_sensors(base: str, email: str, password: str, n: int, experiment: bool) -> dict:
     code, body = await rest("POST", f"{base}/api/v1/auth/login", {"email": email, "password": password})
     if code != 200:
@@ -855,7 +870,7 @@ async def setup_sensors(base: str, email: str, password: str, n: int, experiment
                             {"plugin_id": "revpi", "instance_name": f"bench {tag}"}, token)
     if code != 201:
         raise SystemExit(f"plugin instance: {code} {inst}")
-    instance = inst.get("data", inst)["public_id"]  # writes answer {"status", "message", "data"}
+    instance = _data(inst)["public_id"]
     events = []
     sem = asyncio.Semaphore(8)
 
@@ -866,12 +881,13 @@ async def setup_sensors(base: str, email: str, password: str, n: int, experiment
                                    "min_value": 0, "max_value": 1e15}, token)
             if code != 201:
                 raise SystemExit(f"event: {code} {ev}")
+            ev = _data(ev)
             code, ch = await rest("POST", f"{base}/api/v1/plugins/{instance}/channels", {
                 "channel_id": f"bench{i}", "channel_name": f"Bench {i}", "direction": "input", "unit": "ms",
-                "event_public_id": ev.get("data", ev)["public_id"]}, token)
+                "event_public_id": ev["public_id"]}, token)
             if code != 201:
                 raise SystemExit(f"channel mapping: {code} {ch}")
-            events.append((i, ev.get("data", ev)["public_id"]))
+            events.append((i, ev["public_id"]))
 
     await asyncio.gather(*(one(i) for i in range(n)))
     events.sort()
@@ -884,7 +900,7 @@ async def setup_sensors(base: str, email: str, password: str, n: int, experiment
         code, exp = await rest("POST", f"{base}/api/v1/experiments", {"name": f"bench {tag}"}, token)
         if code != 201:
             raise SystemExit(f"experiment: {code} {exp}")
-        exp_public = exp.get("data", exp)["public_id"]
+        exp_public = _data(exp)["public_id"]
     return {"token": token, "events": [e for _, e in events], "experiment": exp_public, "instance": instance}
 
 
@@ -942,11 +958,18 @@ class Sampler(threading.Thread):
         self.rss_start = vmrss_kb(server_pid) if server_pid else None
         self.rss_peak = self.rss_start or 0
         self.rss_end = None
-        self.server0 = proc_cpu_seconds(server_pid) if server_pid else 0.0
-        self.server_sys0 = proc_cpu_seconds(server_pid, "system") if server_pid else 0.0
+        # with --workers: the parent and its workers (RSS per worker, CPU summed)
+        self.workers = children(server_pid) if server_pid else []
+        self.worker_rss_peak = {pid: vmrss_kb(pid) or 0 for pid in self.workers}
+        self.server0 = self._cpu()
+        self.server_sys0 = self._cpu("system")
         self.pg0 = postgres_cpu_by_pid()
         self.machine0 = machine_cpu()
         self.t0 = time.monotonic()
+
+    def _cpu(self, which: str = "both") -> float:
+        pids = ([self.server_pid] if self.server_pid else []) + self.workers
+        return sum(proc_cpu_seconds(pid, which) for pid in pids)
 
     def run(self) -> None:
         while not self.stop_event.wait(0.1):
@@ -954,10 +977,12 @@ class Sampler(threading.Thread):
                 rss = vmrss_kb(self.server_pid)
                 if rss:
                     self.rss_peak = max(self.rss_peak, rss)
+            for pid in self.workers:
+                self.worker_rss_peak[pid] = max(self.worker_rss_peak[pid], vmrss_kb(pid) or 0)
 
     def finish(self) -> dict:
-        server = (proc_cpu_seconds(self.server_pid) if self.server_pid else 0.0) - self.server0
-        server_sys = (proc_cpu_seconds(self.server_pid, "system") if self.server_pid else 0.0) - self.server_sys0
+        server = self._cpu() - self.server0
+        server_sys = self._cpu("system") - self.server_sys0
         pg1 = postgres_cpu_by_pid()
         busy1, total1 = machine_cpu()
         wall = time.monotonic() - self.t0
@@ -970,7 +995,8 @@ class Sampler(threading.Thread):
         return {"wall_s": wall,
                 "cpu_s": {"server": server, "server_system": server_sys, "postgres": pg, "machine_busy": busy1 - self.machine0[0],
                           "machine_total": total1 - self.machine0[1]},
-                "rss_kb": {"start": self.rss_start, "peak": self.rss_peak, "end": self.rss_end}}
+                "rss_kb": {"start": self.rss_start, "peak": self.rss_peak, "end": self.rss_end,
+                           "worker_peaks": list(self.worker_rss_peak.values())}}
 
 
 def cluster_processes(database_url: str) -> list[int]:
@@ -1090,7 +1116,7 @@ def run(args) -> dict:
         else:
             extra_env = dict(kv.split("=", 1) for kv in args.server_env)
             server = Server(database_url, workdir, args.pool_size, extra_env, args.server_switch_interval,
-                            args.server_wrapper)
+                            args.server_wrapper, args.workers)
             server.wait_ready()
             base_url = server.base_url
             server_pid = server.pid
@@ -1286,6 +1312,8 @@ def print_report(r: dict) -> None:
     if rss["peak"]:
         print(f"server RSS         peak {rss['peak'] / 1024:.1f} MiB (start {rss['start'] / 1024:.1f}, "
               f"end {(rss['end'] or 0) / 1024:.1f})")
+    if rss.get("worker_peaks"):
+        print("worker RSS peaks   " + ", ".join(f"{kb / 1024:.1f} MiB" for kb in rss["worker_peaks"]))
     cpu = res["cpu_s"]
     wall = res["wall_s"]
     print(f"CPU over {wall:.1f} s  (100% = one core; machine has {r['machine']['cpus']}) "
@@ -1348,6 +1376,7 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=25, help="seconds of sending")
     p.add_argument("--drain-timeout", type=float, default=30, help="seconds to wait for outstanding acks")
     p.add_argument("--pool-size", type=int, help="WEBMACS_DB_POOL_SIZE of the started server")
+    p.add_argument("--workers", type=int, default=1, help="`webmacs serve --workers N` (PostgreSQL only)")
     p.add_argument("--server-switch-interval", type=float, metavar="S",
                    help="experiment: start the server with sys.setswitchinterval(S) (default 0.005)")
     p.add_argument("--server-wrapper", metavar="PY",

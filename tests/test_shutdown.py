@@ -28,8 +28,9 @@ SHUTDOWN_TIMEOUT = 5.0
 class ServeProcess:
     """``python -m webmacs serve`` on a free port, logging to a file."""
 
-    def __init__(self, database_url: str, log_path: Path, **env: str) -> None:
+    def __init__(self, database_url: str, log_path: Path, args: tuple[str, ...] = (), **env: str) -> None:
         self.database_url = database_url
+        self.args = args  # more `webmacs serve` options
         self.log_path = log_path
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("WEBMACS_")}
         self.env.update({
@@ -49,7 +50,8 @@ class ServeProcess:
         self.port = port
         with open(self.log_path, "ab") as fh:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "webmacs", "serve", "--port", str(port), env=self.env, stdout=fh, stderr=fh)
+                sys.executable, "-m", "webmacs", "serve", "--port", str(port), *self.args, env=self.env,
+                stdout=fh, stderr=fh)
         http = AsyncHTTPClient(force_instance=True)
         try:
             deadline = time.monotonic() + 30

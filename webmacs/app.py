@@ -118,8 +118,9 @@ async def shutdown(server: HTTPServer, services: Services) -> None:
         log.warning("some connections did not close in time")
 
 
-async def run_server(config: Settings, host: str, port: int, demo: bool = False) -> None:
-    """Serve until SIGTERM/SIGINT; ``demo`` runs the demo controller beside it (webmacs.demo)."""
+async def run_server(config: Settings, host: str, port: int, demo: bool = False, reuse_port: bool = False) -> None:
+    """Serve until SIGTERM/SIGINT; ``demo`` runs the demo controller beside it (webmacs.demo);
+    ``reuse_port``: one of several worker processes on this port (webmacs.workers)."""
     install_log_filters()
     services = Services(config)
     services.prepare_database()
@@ -137,7 +138,7 @@ async def run_server(config: Settings, host: str, port: int, demo: bool = False)
         max_connections=config.max_connections,
         trusted_proxies=parse_networks(config.trusted_proxies, "WEBMACS_TRUSTED_PROXIES"),
     )
-    server.listen(port, host)
+    server.listen(port, host, reuse_port=reuse_port)
     log.info("webmacs listening on http://%s:%d (database: %s)", host, port,
              "sqlite" if config.is_sqlite else ("timescaledb" if services.db.has_timescale else "postgresql"))
     stop = asyncio.Event()

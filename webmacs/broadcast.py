@@ -40,6 +40,25 @@ FRONTEND = "frontend"
 CONTROLLER = "controller"
 
 
+def broadcast_points(last_values: Iterable) -> list[dict]:
+    """:class:`webmacs.ingest.LastValue` s in the spec's broadcast shape."""
+    return [{
+        "value": lv.value,
+        "event_public_id": lv.event.public_id,
+        "timestamp": timefmt.api(lv.time),
+        "experiment_public_id": lv.experiment_public_id,
+    } for lv in last_values]
+
+
+# Revocation kind -> which sockets it closes (plain data, so it can cross the cluster bus).
+REVOCATIONS: dict[str, Callable[["Connection", Any], bool]] = {
+    "jti": lambda c, v: c.jti is not None and c.jti == v,  # one login session (logout)
+    "user": lambda c, v: c.user_id == v,  # every socket of a user (deleted, role changed)
+    "user_logins": lambda c, v: c.user_id == v and c.jti is not None,  # its login sessions (password changed)
+    "api_token": lambda c, v: c.api_token_id is not None and c.api_token_id == v,  # one API token (deleted)
+}
+
+
 class Connection:
     """What the manager knows of one socket; the handler owns one of these."""
 
@@ -110,12 +129,14 @@ class ConnectionManager:
     def publish_readings(self, last_values: Iterable) -> None:
         """Ingest listener: the last value per event of a committed batch
         (:class:`webmacs.ingest.LastValue`), in the spec's broadcast shape."""
-        self.publish([{
-            "value": lv.value,
-            "event_public_id": lv.event.public_id,
-            "timestamp": timefmt.api(lv.time),
-            "experiment_public_id": lv.experiment_public_id,
-        } for lv in last_values])
+        self.publish(broadcast_points(last_values))
+
+    def merge_remote(self, points: Iterable) -> None:
+        """Points another server process accepted (cluster bus): into the same buffer,
+        under the same "never older than shown" rule, so a dashboard still gets at most
+        one frame per flush interval whichever process took the telemetry."""
+        self.publish([p for p in points if isinstance(p, dict) and isinstance(p.get("event_public_id"), str)
+                      and isinstance(p.get("timestamp"), str) and "value" in p])
 
     def publish(self, points: Iterable[dict]) -> None:
         """Keep only the newest point per event until the next flush; a point older
@@ -218,6 +239,12 @@ class ConnectionManager:
         stream = getattr(conn.handler.ws_connection, "stream", None)
         if stream is not None:
             stream.close()
+
+    def revoke(self, kind: str, ident, reason: str) -> int:
+        """Close the sockets of a revocation (:data:`REVOCATIONS`); also run for revocations
+        published by other server processes."""
+        match = REVOCATIONS.get(kind)
+        return 0 if match is None else self.disconnect(lambda c: match(c, ident), reason)
 
     def expire_tokens(self, now_utc) -> None:
         """Close sockets whose token has expired since they connected."""

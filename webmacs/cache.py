@@ -19,8 +19,12 @@ Everything runs on the IOLoop; the loader runs on the database executor.
 
 :class:`Changes` maps topics (``"linkage"``, ``"webhooks"``, ``"rules"``) to the
 views that depend on them. Handlers call ``await changes.changed(topic)`` after
-committing; that is the only way views are invalidated, so a future cross-process
-bus needs to call it and nothing else.
+committing; that is the only way views are invalidated. It also publishes the
+topics on the cluster bus (:mod:`webmacs.bus`, channel ``changes``) before
+answering, and :meth:`Changes.remote` invalidates this process's views when another
+process published a change, so every process is fresh within milliseconds of the
+commit (the ``refresh_seconds`` reload stays as a safety net). When the bus was
+lost, :meth:`Changes.reload_all` drops every view: changes may have been missed.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ import logging
 import time
 from collections import defaultdict
 from typing import Any, Awaitable, Callable, Generic, TypeVar
+
+from webmacs.bus import CHANGES
 
 log = logging.getLogger("webmacs.cache")
 
@@ -133,11 +139,17 @@ class CachedView(Generic[T]):
                 delay = min(delay * 2, RETRY_MAX)
 
 
+# How long a change waits for its bus message to be sent before answering anyway.
+PUBLISH_WAIT = 1.0
+
+
 class Changes:
     """Topic -> the views that depend on it."""
 
-    def __init__(self) -> None:
+    def __init__(self, bus=None) -> None:
+        """``bus``: a :class:`webmacs.bus.Bus` to tell the other processes (None: nobody)."""
         self._views: dict[str, list[CachedView]] = defaultdict(list)
+        self.bus = bus
 
     def register(self, topic: str, view: CachedView) -> None:
         self._views[topic].append(view)
@@ -152,11 +164,33 @@ class Changes:
         views = {id(v): v for t in topics for v in self._views.get(t, ())}.values()
         for view in views:
             view.invalidate()
+        if self.bus is not None and self.bus.shared:
+            try:  # sent before we answer, so the caller's next request to any process sees it
+                await asyncio.wait_for(asyncio.shield(self.bus.publish(CHANGES, {"topics": list(topics)})),
+                                       PUBLISH_WAIT)
+            except (asyncio.TimeoutError, OverflowError):
+                log.warning("change of %s not yet sent to the other processes", ", ".join(topics))
         for view in views:
             try:
                 await view.current()
             except Exception:  # noqa: BLE001 - the background reload keeps trying
                 log.warning("could not reload %s after a change", view.name, exc_info=True)
+
+    def remote(self, payload: dict) -> None:
+        """Bus subscriber: another process committed a change of ``payload["topics"]``."""
+        topics = payload.get("topics")
+        if not isinstance(topics, list):
+            return
+        for view in {id(v): v for t in topics if isinstance(t, str) for v in self._views.get(t, ())}.values():
+            view.invalidate()
+
+    def reload_all(self) -> None:
+        """The bus came back after a loss: reload every view."""
+        views = self.views()
+        for view in views:
+            view.invalidate()
+        log.warning("reloading %d caches after a cluster bus loss: %s", len(views),
+                    ", ".join(v.name for v in views))
 
     def close(self) -> None:
         for view in self.views():

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import logging
 import os
 import re
 import sys
 import textwrap
-import threading
-import time
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -44,25 +41,17 @@ def _fail(message: str) -> int:
 
 
 def cmd_serve(args) -> int:
-    from webmacs.app import run_server
-    from webmacs.config import Settings
+    from webmacs.config import ConfigError, Settings
+    from webmacs.workers import serve_one, serve_workers, worker_count
 
     port = _port(args.port)
     config = Settings.from_env()
-    asyncio.run(run_server(config, args.host, port, demo=args.demo))
-    # Everything acknowledged is committed by now. A database call that still hangs
-    # (database unreachable) must not hold the exit past the shutdown bound: the
-    # interpreter would join its thread. Leave without waiting for it.
-    deadline = time.monotonic() + 1.0
-    stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
-    for t in stuck:
-        t.join(max(0.0, deadline - time.monotonic()))
-    stuck = [t for t in stuck if t.is_alive()]
-    if stuck:
-        logging.getLogger("webmacs").warning("exiting with %d database call(s) still blocked", len(stuck))
-        logging.shutdown()
-        os._exit(0)
-    return 0
+    if args.workers is not None and args.workers < 0:
+        raise ConfigError(f"--workers must be 0 (one per core) or more, got {args.workers}")
+    workers = worker_count(config.workers if args.workers is None else args.workers)
+    if workers > 1:
+        return serve_workers(config, args.host, port, workers, demo=args.demo)
+    return serve_one(config, args.host, port, demo=args.demo)
 
 
 def cmd_migrate(args) -> int:
@@ -185,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="environment (all optional):\n" + _settings_help() + "\n" + LOG_HELP)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     serve.add_argument("--port", default="8000", help="TCP port to listen on (1-65535)")
+    serve.add_argument("--workers", type=int, default=None,
+                       help="server processes on this one port (pre-forked, SO_REUSEPORT); 0: one per CPU "
+                            "core; more than 1 needs PostgreSQL (default: WEBMACS_WORKERS, else 1)")
     serve.add_argument("--demo", action="store_true",
                        help="first-run demo: create a simulated plugin instance with linked events if there is "
                             "no instance yet, and run the controller client beside the server (stopped with "

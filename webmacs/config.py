@@ -69,6 +69,10 @@ class Settings:
     # WEBMACS_DB_POOL_SIZE: threads in the database executor, and connections in
     # the pool (every blocking database call runs on one of these threads).
     db_pool_size: int = 8
+    # WEBMACS_WORKERS: server processes `webmacs serve` starts on its one port (the
+    # --workers option wins); 0 = one per CPU core. More than 1 needs PostgreSQL
+    # (see docs/scale-out.md).
+    workers: int = 1
     # WEBMACS_CHUNK_INTERVAL_HOURS: TimescaleDB chunk interval for datapoints,
     # applied by `webmacs migrate` when the hypertable is created.
     chunk_interval_hours: int = 24
@@ -212,6 +216,7 @@ class Settings:
         if s.initial_admin_password is not None and len(s.initial_admin_password) < 8:
             raise ConfigError("WEBMACS_INITIAL_ADMIN_PASSWORD must be at least 8 characters")
         s.db_pool_size = _int(env, "WEBMACS_DB_POOL_SIZE", s.db_pool_size, 1, 64)
+        s.workers = _int(env, "WEBMACS_WORKERS", s.workers, 0, 256)
         s.chunk_interval_hours = _int(env, "WEBMACS_CHUNK_INTERVAL_HOURS", s.chunk_interval_hours, 1, 24 * 365)
         s.broadcast_interval_ms = _int(env, "WEBMACS_BROADCAST_INTERVAL_MS", s.broadcast_interval_ms, 10, 10000)
         s.shutdown_timeout = _float(env, "WEBMACS_SHUTDOWN_TIMEOUT", s.shutdown_timeout, 0.1, 600)

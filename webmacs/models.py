@@ -295,11 +295,24 @@ class WebhookDelivery(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_on: Mapped[datetime] = _created()
     delivered_on: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # The server process attempting a pending delivery, until claimed_until (renewed while it
+    # holds it): of several processes on one database exactly one attempts each delivery.
+    claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     __table_args__ = (
         Index("ix_webhook_deliveries_webhook_created", "webhook_id", "created_on"),
         Index("ix_webhook_deliveries_status", "status"),
     )
+
+
+class SensorReadingThrottle(Base):
+    """When the last ``sensor.reading`` webhook of an event was sent, cluster-wide: a
+    process sends one only if it moves ``sent_at`` forward by the throttle (atomically)."""
+
+    __tablename__ = "sensor_reading_throttle"
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"), primary_key=True)
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
 
 
 class IngestBatch(Base):

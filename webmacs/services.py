@@ -19,10 +19,12 @@ from datetime import datetime, timedelta, timezone
 from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 from sqlalchemy import delete, text
+from sqlalchemy.exc import IntegrityError
 from tornado.ioloop import PeriodicCallback
 
 from webmacs import accounts, metrics
-from webmacs.broadcast import CONTROLLER, FRONTEND, ConnectionManager
+from webmacs.broadcast import CONTROLLER, FRONTEND, ConnectionManager, broadcast_points
+from webmacs.bus import CHANGES, POINTS, POINTS_INTERVAL_MS, REVOKE, PointRelay, make_bus
 from webmacs.cache import LINKAGE, RULES, WEBHOOKS, CachedView, Changes
 from webmacs.config import ConfigError, Settings
 from webmacs.db import Database, current_revision, head_revision, upgrade
@@ -58,8 +60,10 @@ class Services:
     def __init__(self, config: Settings):
         self.config = config
         self.db = Database(config.database_url, config.db_pool_size)
+        # What the other server processes on this database are told (webmacs.bus).
+        self.bus = make_bus(config.database_url, self.db.is_postgres, self.db.run)
         self.hub = ConnectionManager()
-        self.webhooks = WebhookDispatcher(self.db, config)
+        self.webhooks = WebhookDispatcher(self.db, config, owner=self.bus.process_id)
         self.rules = RuleEngine(self.db, self.webhooks)
         self.linkage = CachedView("linkage", self.db.session, load_linkage)
         self.pipeline = IngestPipeline(self.db, self.linkage, IngestQueue(
@@ -71,8 +75,15 @@ class Services:
         self.pipeline.add_listener(self.webhooks.sensor_readings)
         self.pipeline.add_listener(self.rules.evaluate)
         self.pipeline.add_listener(self.hub.publish_readings)
-        # Where "this changed, reload" enters (see webmacs.cache).
-        self.changes = Changes()
+        self.relay = PointRelay(self.bus, self.hub, broadcast_points) if self.bus.shared else None
+        if self.relay is not None:  # live points to the other processes' dashboards
+            self.pipeline.add_listener(self.relay.add)
+            self.bus.subscribe(POINTS, self.relay.received)
+        # Where "this changed, reload" enters (see webmacs.cache), here and on the bus.
+        self.changes = Changes(self.bus)
+        self.bus.subscribe(CHANGES, self.changes.remote)
+        self.bus.subscribe(REVOKE, self._revoked_elsewhere)
+        self.bus.on_resync(self.changes.reload_all)
         self.changes.register(LINKAGE, self.linkage)
         self.changes.register(WEBHOOKS, self.webhooks.view)
         self.changes.register(RULES, self.rules.view)
@@ -103,18 +114,24 @@ class Services:
         with self.db.Session() as session:
             accounts.ensure_initial_admin(session, cfg.initial_admin_email, cfg.initial_admin_username,
                                           cfg.initial_admin_password)
-            session.commit()
+            try:
+                session.commit()
+            except IntegrityError:  # another server process starting at the same time made it
+                session.rollback()
             self.pipeline.last_time = datapoints.newest_time(session)
         accounts.warn_if_no_users(self.db)
         self.pipeline.open_queue()  # what the last run accepted and did not commit is replayed first
 
     async def start(self) -> None:
         """The I/O of starting, in order; :meth:`stop` undoes it in reverse."""
+        await self.bus.start()
         self.pipeline.start()  # the ingest queue's writer
         await self.rules.view.current()
         await self.webhooks.start()
         await server_log(self.db, "Server started", "info")
         self._every(self.config.broadcast_interval_ms, self.hub.flush)
+        if self.relay is not None:
+            self._every(POINTS_INTERVAL_MS, self.relay.flush)
         self._every(1000, lambda: self.hub.expire_tokens(datetime.now(timezone.utc)))
         self._every(HOUSEKEEPING_INTERVAL * 1000, self._housekeeping)
         # system.health_changed must fire when the database goes and comes back even
@@ -137,11 +154,23 @@ class Services:
         """After sockets are closed: the log entry, webhooks, caches, the ingest writer (reverse of start)."""
         await server_log(self.db, "Server stopped", "info")
         await self.webhooks.stop()
+        await self.bus.stop()
         self.changes.close()
         self.health.close()
         # last, so a hung database cannot keep the others from stopping; what is left stays queued
         await self.pipeline.stop(min(QUEUE_DRAIN_TIMEOUT, self.config.shutdown_timeout / 4))
         metrics.process_exit()
+
+    # --- revocations -------------------------------------------------------------------------
+    def revoke(self, kind: str, ident, reason: str) -> None:
+        """Close the sockets of a revocation (see webmacs.broadcast.REVOCATIONS) here and, through
+        the bus, in every other server process."""
+        self.hub.revoke(kind, ident, reason)
+        self.bus.publish(REVOKE, {"kind": kind, "id": ident, "reason": reason})
+
+    def _revoked_elsewhere(self, payload: dict) -> None:
+        if isinstance(payload.get("kind"), str) and isinstance(payload.get("reason"), str):
+            self.hub.revoke(payload["kind"], payload.get("id"), payload["reason"])
 
     # --- in-flight telemetry ---------------------------------------------------------------
     @contextmanager

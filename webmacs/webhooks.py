@@ -32,6 +32,16 @@ background:
    changes are seen too.
    Delivery is therefore *at least once*: receivers can de-duplicate on the
    ``X-Webhook-Delivery`` header (the delivery's public id).
+5. **Several processes, one database**: a pending row is *claimed* by the process
+   that attempts it (``claimed_by``, ``claimed_until``: a lease of ``CLAIM_LEASE`` s it
+   renews every ``CLAIM_RENEW`` s). New rows are written claimed by their writer;
+   resumption claims unclaimed or expired rows with ``FOR UPDATE SKIP LOCKED``, so
+   of several processes exactly one takes each row; ``stop()`` releases its claims,
+   and every ``CLAIM_RENEW`` s each process also takes over rows whose claim expired
+   (a process that died). ``sensor.reading`` is throttled per event across every
+   process: besides the in-memory check, a process sends one only if it can move
+   ``sensor_reading_throttle.sent_at`` forward by the throttle (one atomic
+   ``INSERT ... ON CONFLICT DO UPDATE ... WHERE ... RETURNING``, database clock).
 
 Statuses: ``pending`` (not final: waiting for its first attempt or a retry;
 ``attempts``/``last_error`` show earlier failures), ``delivered``,
@@ -57,7 +67,7 @@ from urllib.parse import urlsplit
 
 import requests
 from requests_futures.sessions import FuturesSession
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, or_, select, text, update
 
 from webmacs import __version__, metrics, timefmt
 from webmacs.cache import CachedView
@@ -78,6 +88,10 @@ DEVICE = socket.gethostname()
 _OUTCOME = {"pending": "retried"}
 
 _T = WebhookDelivery.__table__
+# A process's claim on the pending deliveries it attempts: renewed every CLAIM_RENEW
+# seconds; a claim not renewed for CLAIM_LEASE seconds (its process died) is taken over.
+CLAIM_LEASE = 60.0
+CLAIM_RENEW = 15.0
 
 _UPDATE = (
     update(_T)
@@ -170,9 +184,12 @@ def _load_hooks(session) -> dict[int, _Hook]:
 
 
 class WebhookDispatcher:
-    def __init__(self, db: Database, config: Settings) -> None:
+    def __init__(self, db: Database, config: Settings, owner: str | None = None) -> None:
+        """``owner``: this process's id in delivery claims (webmacs.bus process id)."""
         self.db = db
         self.config = config
+        self.owner = owner or new_public_id()
+        self._maintainer: asyncio.Task | None = None
         self._state = "new"  # new -> running -> stopped
         self.view: CachedView[dict[int, _Hook]] = CachedView("webhooks", db.session, _load_hooks,
                                                               on_load=self._installed)
@@ -208,6 +225,7 @@ class WebhookDispatcher:
         self._state = "running"
         await self._resume()
         self._writer = asyncio.ensure_future(self._write_loop())
+        self._maintainer = asyncio.ensure_future(self._maintain_claims())
         if self._outbox:
             self._wake.set()
 
@@ -225,6 +243,8 @@ class WebhookDispatcher:
         self.view.close()
         if self._resumer is not None:
             self._resumer.cancel()
+        if self._maintainer is not None:
+            self._maintainer.cancel()
         # Hung requests keep their worker thread until their timeout; nobody waits for them.
         self._pool.shutdown(wait=False, cancel_futures=True)
         requests.Session.close(self._http)  # idle connections; in-flight ones close on return
@@ -235,6 +255,11 @@ class WebhookDispatcher:
         except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - database gone: rows stay as they were
             log.warning("webhook writer did not finish in time; %d events not stored", len(self._outbox))
             self._writer.cancel()
+        else:  # another process (or our next start) takes over what is left pending
+            try:
+                await asyncio.wait_for(self.db.session(_release_claims, self.owner), timeout=2)
+            except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - the claims expire by themselves
+                log.warning("webhook delivery claims not released; they expire in %.0f s", CLAIM_LEASE)
         self._active.clear()
 
     # --- the webhook view ------------------------------------------------------------------
@@ -281,11 +306,35 @@ class WebhookDispatcher:
         throttle = self.config.sensor_reading_throttle
         now = time.monotonic()
         last = self._last_reading
+        due = []
         for lv in last_values:
             previous = last.get(lv.event.id)
             if previous is not None and now - previous < throttle:
                 continue
             last[lv.event.id] = now
+            due.append(lv)
+        if not due:
+            return
+        if not self.db.is_postgres:  # one process: the in-memory throttle is the whole story
+            self._emit_readings(due)
+            return
+        task = asyncio.ensure_future(self._claim_readings(due, throttle))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _claim_readings(self, due: list, throttle: float) -> None:
+        """The cluster-wide half of the throttle: only the events this process may send now."""
+        try:
+            won = await self.db.session(_claim_throttle, [lv.event.id for lv in due], throttle)
+        except RuntimeError:  # executor shut down: stopping
+            return
+        except Exception:  # noqa: BLE001 - database trouble: this reading is skipped, the next one tries
+            log.warning("sensor.reading throttle not checked (database error)", exc_info=True)
+            return
+        self._emit_readings([lv for lv in due if lv.event.id in won])
+
+    def _emit_readings(self, due: list) -> None:
+        for lv in due:
             self.emit("sensor.reading", {
                 "sensor": lv.event.name,
                 "event_public_id": lv.event.public_id,
@@ -336,7 +385,9 @@ class WebhookDispatcher:
                         row = {"public_id": new_public_id(), "webhook_id": hook.id, "event_type": event_type,
                                "payload": body.decode(), "status": "pending" if fits else "failed",
                                "attempts": 0, "last_error": None if fits else DROPPED,
-                               "next_attempt_at": now if fits else None, "created_on": now}
+                               "next_attempt_at": now if fits else None, "created_on": now,
+                               "claimed_by": self.owner if fits else None,
+                               "claimed_until": now + timedelta(seconds=CLAIM_LEASE) if fits else None}
                         inserts.append(row)
                         if fits:
                             keep.append((row, hook, body))
@@ -466,9 +517,9 @@ class WebhookDispatcher:
         if room <= 0 or self._state != "running":
             return
         self._resumed_at = time.monotonic()
-        limit = room + len(self._active) + len(self._unflushed)
+        limit = room
         try:
-            rows = await self.db.session(_load_pending, limit)
+            rows = await self.db.session(_claim_pending, limit, self.owner)
         except RuntimeError:
             return
         self._backlog = len(rows) >= limit
@@ -491,6 +542,20 @@ class WebhookDispatcher:
             log.info("resumed %d pending webhook deliveries", min(len(rows), room))
 
 
+    async def _maintain_claims(self) -> None:
+        """Every CLAIM_RENEW s: renew this process's claims, take over expired ones."""
+        while self._state == "running":
+            await asyncio.sleep(CLAIM_RENEW)
+            try:
+                await self.db.session(_renew_claims, self.owner)
+                if self._resumer is None or self._resumer.done():
+                    await self._resume()
+            except RuntimeError:  # executor shut down: stopping
+                return
+            except Exception:  # noqa: BLE001 - tried again next round
+                log.warning("webhook delivery claims not renewed", exc_info=True)
+
+
 # --- database side (executor threads) --------------------------------------------------------------
 
 def _write(session, inserts: list[dict], updates: list[dict], logs: list[str]) -> dict[str, int]:
@@ -511,12 +576,54 @@ def _write(session, inserts: list[dict], updates: list[dict], logs: list[str]) -
     return ids
 
 
-def _load_pending(session, limit: int) -> list:
+def _claim_pending(session, limit: int, owner: str) -> list:
+    """Claim up to ``limit`` pending deliveries nobody holds (or whose claim expired) and
+    return them. ``SKIP LOCKED``: rows another process is claiming right now are left to it
+    (PostgreSQL; SQLite has one process and ignores FOR UPDATE)."""
+    now = utcnow()
+    ids = session.execute(
+        select(_T.c.id)
+        .where(_T.c.status == "pending", or_(_T.c.claimed_until.is_(None), _T.c.claimed_until < now))
+        .order_by(_T.c.next_attempt_at, _T.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).scalars().all()
+    if not ids:
+        return []
+    session.execute(update(_T).where(_T.c.id.in_(ids))
+                    .values(claimed_by=owner, claimed_until=now + timedelta(seconds=CLAIM_LEASE)))
     return session.execute(
         select(_T.c.id, _T.c.public_id, _T.c.webhook_id, _T.c.event_type, _T.c.payload, _T.c.attempts,
                _T.c.next_attempt_at, Webhook.url, Webhook.secret, Webhook.enabled)
         .join(Webhook, Webhook.id == _T.c.webhook_id)
-        .where(_T.c.status == "pending")
+        .where(_T.c.id.in_(ids))
         .order_by(_T.c.next_attempt_at, _T.c.id)
-        .limit(limit)
     ).all()
+
+
+def _renew_claims(session, owner: str) -> None:
+    session.execute(update(_T).where(_T.c.claimed_by == owner, _T.c.status == "pending")
+                    .values(claimed_until=utcnow() + timedelta(seconds=CLAIM_LEASE)))
+
+
+def _release_claims(session, owner: str) -> None:
+    session.execute(update(_T).where(_T.c.claimed_by == owner, _T.c.status == "pending")
+                    .values(claimed_by=None, claimed_until=None))
+
+
+_CLAIM_THROTTLE = text(
+    "INSERT INTO sensor_reading_throttle (event_id, sent_at) VALUES (:event_id, now()) "
+    "ON CONFLICT (event_id) DO UPDATE SET sent_at = now() "
+    "WHERE sensor_reading_throttle.sent_at <= now() - make_interval(secs => :seconds) "
+    "RETURNING event_id")
+
+
+def _claim_throttle(session, event_ids: list[int], seconds: float) -> set[int]:
+    """PostgreSQL: the events whose ``sensor.reading`` this process may send now (their
+    last one, by any process, is at least ``seconds`` old by the database's clock)."""
+    won = set()
+    for event_id in event_ids:
+        row = session.execute(_CLAIM_THROTTLE, {"event_id": event_id, "seconds": float(seconds)}).first()
+        if row is not None:
+            won.add(row[0])
+    return won

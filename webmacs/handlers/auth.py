@@ -115,7 +115,7 @@ class LogoutHandler(BaseHandler):
             raise ApiError(400, "API tokens are not ended by logging out: delete the token with "
                                 "DELETE /api/v1/tokens/{public_id}.")
         await self.db.session(revoke, p.jti, p.expires_at)
-        self.hub.disconnect(lambda c: c.jti == p.jti, TOKEN_REVOKED)
+        self.services.revoke("jti", p.jti, TOKEN_REVOKED)
         self.success("Successfully logged out.")
 
 
@@ -186,9 +186,9 @@ class UserHandler(BaseHandler):
 
         resource, user_id, role_changed = await self.db.session(update)
         if role_changed:  # every socket of the user holds the old role, API-token ones too
-            self.hub.disconnect(lambda c: c.user_id == user_id, TOKEN_REVOKED)
+            self.services.revoke("user", user_id, TOKEN_REVOKED)
         elif password_hash:  # the login tokens are ended; API tokens stay valid
-            self.hub.disconnect(lambda c: c.user_id == user_id and c.jti is not None, TOKEN_REVOKED)
+            self.services.revoke("user_logins", user_id, TOKEN_REVOKED)
         self.success("User successfully updated.", resource=resource)
 
     @authenticated("admin")
@@ -201,7 +201,7 @@ class UserHandler(BaseHandler):
             return user.id
 
         user_id = await self.db.session(remove)
-        self.hub.disconnect(lambda c: c.user_id == user_id, USER_NOT_FOUND)
+        self.services.revoke("user", user_id, USER_NOT_FOUND)
         self.success("User successfully deleted.")
 
 
@@ -249,7 +249,7 @@ class TokenHandler(BaseHandler):
             return token.id
 
         token_id = await self.db.session(remove)
-        self.hub.disconnect(lambda c: c.api_token_id == token_id, TOKEN_REVOKED)
+        self.services.revoke("api_token", token_id, TOKEN_REVOKED)
         self.success("API token deleted.")
 
 
