@@ -151,6 +151,23 @@ def database_url(request, tmp_path) -> str:
     return url
 
 
+_QUEUE_ROOT: list[str] = []  # the session's folder of test ingest queues (removed at the end)
+
+
+def _queue_root() -> str | None:
+    return _QUEUE_ROOT[0] if _QUEUE_ROOT else None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def queue_root():
+    """One folder for every test server's ingest queue, removed when the session ends."""
+    root = tempfile.mkdtemp(prefix="webmacs-test-queues-")
+    _QUEUE_ROOT.append(root)
+    yield root
+    _QUEUE_ROOT.clear()
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def make_settings(database_url: str, **overrides: Any) -> Settings:
     env = {
         "WEBMACS_DATABASE_URL": database_url,
@@ -159,7 +176,7 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "WEBMACS_INITIAL_ADMIN_PASSWORD": ADMIN_PASSWORD,
         "WEBMACS_DB_POOL_SIZE": "4",
         # each server its own ingest queue: a test database is reused (truncated) by the next test
-        "WEBMACS_INGEST_QUEUE_PATH": tempfile.mkdtemp(prefix="webmacs-test-queue-"),
+        "WEBMACS_INGEST_QUEUE_PATH": tempfile.mkdtemp(prefix="queue-", dir=_queue_root()),
     }
     env.update({k: str(v) for k, v in overrides.items()})
     return Settings.from_env(env)

@@ -5,14 +5,17 @@
   ``alg: none`` and RS/HS confusion are rejected), ``exp`` required and
   enforced, and a random ``jti`` per token so logout revokes one session.
 - API tokens: ``wm_`` + 43 URL-safe characters; only the SHA-256 is stored.
+- CSV download tokens: signed, bound to one experiment and user, 60 s, single use.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import secrets
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -145,3 +148,43 @@ def new_api_token() -> tuple[str, str]:
 
 def hash_api_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+DOWNLOAD_SECONDS = 60
+DOWNLOAD_TYPE = "csv-download"
+
+
+class DownloadTickets:
+    """Signed, short-lived, single-use download tokens for CSV exports (a browser's plain
+    navigation carries no Authorization header, and a bearer token must not go into a URL).
+    HMAC-SHA256 (pinned) with a key derived from the server secret; "used" is remembered
+    by the token's hash until it expires, in this process."""
+
+    def __init__(self, secret_key: str) -> None:
+        self._key = hmac.new(secret_key.encode(), b"webmacs-csv-download", hashlib.sha256).hexdigest()
+        self._spent: dict[str, float] = {}  # sha256 of a used token -> its expiry (epoch seconds)
+
+    def issue(self, experiment_public_id: str, user_public_id: str) -> str:
+        now = int(time.time())
+        return jwt.encode({"typ": DOWNLOAD_TYPE, "exp": now + DOWNLOAD_SECONDS, "iat": now, "sub": user_public_id,
+                           "experiment": experiment_public_id, "jti": secrets.token_urlsafe(16)},
+                          self._key, algorithm=ALGORITHM)
+
+    def redeem(self, token: str, experiment_public_id: str) -> bool:
+        """True once for a valid token of this experiment; False for anything else."""
+        try:
+            claims = jwt.decode(token, self._key, algorithms=[ALGORITHM],
+                                options={"require": ["exp", "jti", "sub", "experiment"]})
+        except jwt.PyJWTError:
+            return False
+        if claims.get("typ") != DOWNLOAD_TYPE or claims.get("experiment") != experiment_public_id:
+            return False
+        now = time.time()
+        for digest, until in list(self._spent.items()):
+            if until < now:
+                del self._spent[digest]
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        if digest in self._spent:
+            return False
+        self._spent[digest] = float(claims["exp"])
+        return True

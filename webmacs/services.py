@@ -33,6 +33,7 @@ from webmacs.ingest import IngestPipeline
 from webmacs.models import IngestBatch, WebhookDelivery
 from webmacs.ratelimit import Guards
 from webmacs.rules import RuleEngine, server_log
+from webmacs.security import DownloadTickets
 from webmacs.storage import datapoints, retention
 from webmacs.storage.linkage import load_linkage
 from webmacs.storage.queue import IngestQueue
@@ -70,6 +71,7 @@ class Services:
             config.ingest_queue_path, config.database_url, config.ingest_queue_max_mb * 1024 * 1024))
         self.sso = OidcClient(config) if config.oidc_enabled else None  # single sign-on, when configured
         self.guards = Guards(config)  # request and login rate limits, the password hasher
+        self.downloads = DownloadTickets(config.secret_key)  # single-use CSV download URLs for browsers
         self.health = HealthProbe(self.db)  # /health's own database check
         # Consumers of accepted batches, in this order.
         self.pipeline.add_listener(self.webhooks.sensor_readings)

@@ -8,28 +8,22 @@ or thread is held between pages, so a slow client costs nothing but its socket.
 
 ``POST /api/v1/experiments/{id}/export/ticket``: a download URL for a browser, which
 cannot put an ``Authorization`` header on a plain navigation (and must not put its bearer
-token in a URL). The answer's ``url`` carries a *download token*: signed (HMAC-SHA256 with
-a key derived from the server secret), bound to this experiment and user, valid for
-``TICKET_SECONDS`` and good for one download in this process (its hash is kept as spent
-until it expires). The browser navigates to the URL and saves the streamed file, so a
+token in a URL). The answer's ``url`` carries a *download token*
+(:class:`webmacs.security.DownloadTickets`: signed, bound to this experiment and user,
+60 s, one download). The browser navigates to the URL and saves the streamed file, so a
 multi-million-row export never sits in the page's memory. See docs/webapp.md.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
-import secrets
-import time
 from urllib.parse import quote
-
-import jwt
 
 from tornado.iostream import StreamClosedError
 
 from webmacs.handlers.base import ApiError, BaseHandler, authenticated
+from webmacs.security import DOWNLOAD_SECONDS
 from webmacs.storage.export import CsvExport, csv_header, export_filename
 from webmacs.storage.export import plan as export_plan
 
@@ -38,60 +32,15 @@ log = logging.getLogger("webmacs.export")
 UTF8_BOM = "\ufeff".encode("utf-8")
 
 
-TICKET_SECONDS = 60
-TICKET_TYPE = "csv-download"
-
-
-class DownloadTickets:
-    """Signed, short-lived, single-use download tokens for CSV exports."""
-
-    def __init__(self, secret_key: str) -> None:
-        self._key = hmac.new(secret_key.encode(), b"webmacs-csv-download", hashlib.sha256).hexdigest()
-        self._spent: dict[str, float] = {}  # sha256 of a used token -> its expiry (epoch seconds)
-
-    def issue(self, experiment_public_id: str, user_public_id: str) -> str:
-        now = int(time.time())
-        return jwt.encode({"typ": TICKET_TYPE, "exp": now + TICKET_SECONDS, "iat": now, "sub": user_public_id,
-                           "experiment": experiment_public_id, "jti": secrets.token_urlsafe(16)},
-                          self._key, algorithm="HS256")
-
-    def redeem(self, token: str, experiment_public_id: str) -> bool:
-        """True once for a valid token of this experiment; False for anything else."""
-        try:
-            claims = jwt.decode(token, self._key, algorithms=["HS256"],
-                                options={"require": ["exp", "jti", "sub", "experiment"]})
-        except jwt.PyJWTError:
-            return False
-        if claims.get("typ") != TICKET_TYPE or claims.get("experiment") != experiment_public_id:
-            return False
-        now = time.time()
-        for digest, until in list(self._spent.items()):
-            if until < now:
-                del self._spent[digest]
-        digest = hashlib.sha256(token.encode()).hexdigest()
-        if digest in self._spent:
-            return False
-        self._spent[digest] = float(claims["exp"])
-        return True
-
-
-def _tickets(handler: BaseHandler) -> DownloadTickets:
-    app = handler.application
-    tickets = getattr(app, "webmacs_download_tickets", None)
-    if tickets is None:
-        tickets = app.webmacs_download_tickets = DownloadTickets(handler.config.secret_key)
-    return tickets
-
-
 class ExperimentCsvTicketHandler(BaseHandler):
     @authenticated()
     async def post(self, public_id: str) -> None:
         if await self.db.session(export_plan, public_id) is None:
             raise ApiError(404, "Experiment not found.")
-        token = _tickets(self).issue(public_id, self.principal.public_id)
+        token = self.services.downloads.issue(public_id, self.principal.public_id)
         bom = "&bom=true" if self.bool_arg("bom", False) else ""
         self.send({"url": f"/api/v1/experiments/{quote(public_id, safe='')}/export/csv?token={token}{bom}",
-                   "expires_in": TICKET_SECONDS}, 201)
+                   "expires_in": DOWNLOAD_SECONDS}, 201)
 
 
 class ExperimentCsvHandler(BaseHandler):
@@ -100,7 +49,7 @@ class ExperimentCsvHandler(BaseHandler):
         if token is None:
             await self._with_bearer(public_id)
             return
-        if not _tickets(self).redeem(token, public_id):
+        if not self.services.downloads.redeem(token, public_id):
             raise ApiError(401, "Invalid, expired or already used download token.")
         await self._export(public_id)
 
