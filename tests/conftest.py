@@ -235,14 +235,17 @@ class WS:
         """Close and wait until the TCP connection is really gone: a socket still
         mid-handshake when the test's event loop ends is garbage-collected later and
         raises ResourceWarning inside whatever test runs then."""
+        stream = getattr(self.conn.protocol, "stream", None)
         self.conn.close()
+        if stream is None or stream.closed():  # closed already (by the server, or before)
+            return
         deadline = time.monotonic() + timeout
         try:
-            while await asyncio.wait_for(self.conn.read_message(), max(0.01, deadline - time.monotonic())) is not None:
-                pass
+            while not stream.closed():
+                if await asyncio.wait_for(self.conn.read_message(), max(0.01, deadline - time.monotonic())) is None:
+                    break
         except (asyncio.TimeoutError, TimeoutError):
-            if self.conn.protocol is not None:  # the server never answered the close: drop the TCP connection
-                self.conn.protocol.stream.close()
+            stream.close()  # the server never answered the close: drop the TCP connection
 
 
 class TestServer:

@@ -235,9 +235,13 @@ async def test_websockets_and_rest_through_nginx(server, tmp_path):
         bad = await connect("/ws/datapoints/stream", "not-a-token")
         assert await bad.closed() == (1008, "Invalid or expired token")  # close frames pass through
 
-        resp = await http.fetch(f"http://{base}/api/v1/datapoints/latest", raise_error=False,
-                                headers={"Authorization": f"Bearer {server.admin_token}"})
-        assert resp.code == 200 and b"42.5" in resp.body
+        async def latest_stored():  # an ack means durable in the queue; /latest reads the table
+            resp = await http.fetch(f"http://{base}/api/v1/datapoints/latest", raise_error=False,
+                                    headers={"Authorization": f"Bearer {server.admin_token}"})
+            assert resp.code == 200, resp.code
+            return b"42.5" in resp.body
+
+        await wait_for(latest_stored, timeout=10, message="the reading stored, read through nginx")
     finally:
         for sock in sockets:
             sock.close()

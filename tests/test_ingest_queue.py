@@ -26,7 +26,7 @@ from tornado.websocket import websocket_connect
 
 from tests.conftest import make_settings, start_server, stop_server, wait_for
 from tests.test_no_loss import cluster, health  # noqa: F401 - the fixture, reused
-from tests.test_shutdown import ServeProcess, client_for
+from tests.test_shutdown import ServeProcess, controller_events
 from webmacs.db import Database
 from webmacs.ingest import OVERLOADED
 from webmacs.storage.datapoints import Writer, queue_position
@@ -129,12 +129,7 @@ async def test_spec_client_loses_nothing_across_freeze_restart_and_server_kill(c
     total = PER_EVENT // BATCH
     try:
         await server.start()
-        api = await client_for(server.port)
-        try:
-            events = await api.linked_events(EVENTS, prefix="Queue")
-            token = (await api.request("POST", "/api/v1/tokens", {"name": "spec controller"})).json["token"]
-        finally:
-            await api.close()
+        events, token = await controller_events(server.port, EVENTS, "Queue")
         base = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=1)
         client = SpecClient(server.port, token, events, base)
         await client.connect()

@@ -39,7 +39,7 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado.testing import bind_unused_port
 
 from tests.conftest import wait_for
-from tests.test_shutdown import ServeProcess, client_for
+from tests.test_shutdown import ServeProcess, controller_events
 from webmacs.db import upgrade
 
 EVENTS = 4
@@ -226,12 +226,7 @@ async def test_no_reading_lost_or_doubled(cluster, tmp_path):
     controller = None
     try:
         await server.start()
-        api = await client_for(server.port)
-        try:
-            events = await api.linked_events(EVENTS, prefix="NoLoss")
-            token = (await api.request("POST", "/api/v1/tokens", {"name": "no-loss controller"})).json["token"]
-        finally:
-            await api.close()
+        events, token = await controller_events(server.port, EVENTS, "NoLoss")
         base = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=1)
         controller = Controller(tmp_path, [f"http://127.0.0.1:{server.port}", token, str(tmp_path / "spool.db"),
                                            json.dumps(events), base.isoformat(), str(PER_EVENT), str(RATE),

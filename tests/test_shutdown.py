@@ -95,6 +95,17 @@ async def client_for(port: int) -> "conftest.TestServer":
     return srv
 
 
+async def controller_events(port: int, n: int, prefix: str) -> tuple[list[str], str]:
+    """``n`` linked events on the server at ``port`` and an API token for a controller."""
+    api = await client_for(port)
+    try:
+        events = await api.linked_events(n, prefix=prefix)
+        token = (await api.request("POST", "/api/v1/tokens", {"name": f"{prefix} controller"})).json["token"]
+    finally:
+        await api.close()
+    return events, token
+
+
 def batch(event: str, k: int, size: int) -> dict:
     return {"batch_id": f"b-{k}", "datapoints": [{"event_public_id": event, "value": float(k * 1000 + i)}
                                                   for i in range(size)]}

@@ -261,6 +261,7 @@ async def test_experiment_stamping(server):
     assert (await server.request("PUT", f"/api/v1/experiments/{exp['public_id']}/stop")).code == 200
     await tel.send({"datapoints": [{"value": 2.0, "event_public_id": event}], "batch_id": "out"})
     await tel.recv_type("ack")
+    await server.settled()  # an ack means durable in the queue; the listing reads the table
     listing = (await server.request("GET", "/api/v1/datapoints")).json["data"]
     stamps = {p["value"]: p["experiment_public_id"] for p in listing}
     assert stamps == {1.0: exp["public_id"], 2.0: None}

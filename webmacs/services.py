@@ -159,6 +159,7 @@ class Services:
         await self.bus.stop()
         self.changes.close()
         self.health.close()
+        self.guards.hasher.close()  # its idle thread would hold the interpreter's exit
         # last, so a hung database cannot keep the others from stopping; what is left stays queued
         await self.pipeline.stop(min(QUEUE_DRAIN_TIMEOUT, self.config.shutdown_timeout / 4))
         metrics.process_exit()
