@@ -312,6 +312,10 @@ class TestServer:
 
     async def linked_events(self, n: int = 1, prefix: str = "Sensor") -> list[str]:
         """Create ``n`` events linked to one enabled plugin instance; return their public ids."""
+        return (await self.linked_instance(n, prefix))[1]
+
+    async def linked_instance(self, n: int = 1, prefix: str = "Sensor") -> tuple[str, list[str]]:
+        """One enabled plugin instance with ``n`` linked events: (instance, event public ids)."""
         # a Revolution Pi instance: its channels are piCtory IO names, any id may be mapped
         resp = await self.request("POST", "/api/v1/plugins", {"plugin_id": "revpi",
                                                               "instance_name": f"{prefix} device"})
@@ -327,7 +331,7 @@ class TestServer:
                 "channel_id": f"ch{i}", "channel_name": f"Channel {i}", "direction": "input", "unit": "°C",
                 "event_public_id": ids[-1]})
             assert ch.code == 201, ch
-        return ids
+        return instance, ids
 
     async def close(self) -> None:
         await asyncio.gather(*(sock.aclose() for sock in self._sockets))

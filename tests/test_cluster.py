@@ -108,20 +108,7 @@ async def cluster(pg_url, tmp_path_factory):
 
 async def linked(srv, n: int, prefix: str) -> tuple[str, list[str]]:
     """A plugin instance with ``n`` linked events (made through ``srv``): (instance, events)."""
-    resp = await srv.request("POST", "/api/v1/plugins", {"plugin_id": "revpi", "instance_name": f"{prefix} rig"})
-    assert resp.code == 201, resp
-    instance = resp.json["data"]["public_id"]
-    events = []
-    for i in range(n):
-        ev = await srv.request("POST", "/api/v1/events", {"name": f"{prefix} {i}", "type": "sensor", "unit": "V",
-                                                          "min_value": 0, "max_value": 1000})
-        assert ev.code == 201, ev
-        events.append(ev.json["data"]["public_id"])
-        ch = await srv.request("POST", f"/api/v1/plugins/{instance}/channels", {
-            "channel_id": f"{prefix}{i}", "channel_name": f"{prefix} {i}", "direction": "input", "unit": "V",
-            "event_public_id": events[-1]})
-        assert ch.code == 201, ch
-    return instance, events
+    return await srv.linked_instance(n, prefix)
 
 
 async def send(tel, events: list[str], value: float, batch_id: str) -> dict:
