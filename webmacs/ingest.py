@@ -2,14 +2,16 @@
 
 Per batch:
 
-1. **validate** the batch (at most :data:`MAX_BATCH` points, a sane ``batch_id``)
-   and each datapoint (:func:`validate_point`: finite number ``value``, string
-   ``event_public_id``, optional ``timestamp``); an invalid point is rejected
-   alone, the rest of the batch goes on;
-2. **filter** to events linked to an enabled plugin instance, answered from the
+1. **validate** the batch (at most :data:`MAX_BATCH` points, a sane ``batch_id``),
+   then, in one pass over its datapoints (:func:`accept_points`), check each
+   (:func:`validate_point`: finite number ``value``, string ``event_public_id``,
+   optional ``timestamp``) and
+2. **filter** it to events linked to an enabled plugin instance, answered from the
    cached linkage view (:mod:`webmacs.cache`, loaded by
    :func:`webmacs.storage.linkage.load_linkage`; invalidated by every API change,
-   so no query per batch and never a stale answer);
+   so no query per batch and never a stale answer). An invalid or unlinked point is
+   rejected alone, the rest of the batch goes on. What is kept are three columns
+   (event ids, values, times), never an object per datapoint;
 3. **accept**: telemetry (:meth:`IngestPipeline.enqueue`) is appended to the durable
    ingest queue (:mod:`webmacs.storage.queue`) and answered once it is fsynced; one
    writer task drains the queue into the database in large transactions (many
@@ -37,14 +39,14 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from webmacs import metrics, timefmt
 from webmacs.cache import CachedView
 from webmacs.db import DATABASE_ERRORS, Database
 from webmacs.storage import datapoints as dp_store
 from webmacs.storage.datapoints import Writer
-from webmacs.storage.queue import IngestQueue, QueueFull, Record, pack_rows
+from webmacs.storage.queue import EPOCH, ONE_US, IngestQueue, QueueFull, Record, pack_columns
 from webmacs.storage.linkage import EventInfo, Linkage
 from webmacs.timefmt import FUTURE_TOLERANCE
 
@@ -82,9 +84,9 @@ class IngestError(Exception):
         self.status = 503 if retry else status
 
 
-@dataclass(frozen=True)
-class LastValue:
-    """The newest reading of one event in a batch: what listeners see."""
+class LastValue(NamedTuple):
+    """The newest reading of one event in a batch: what listeners see (a tuple: made
+    for every event of every batch)."""
 
     event: EventInfo
     value: float
@@ -153,13 +155,104 @@ def check_batch_id(batch_id: Any) -> str | None:
     return None
 
 
+class _Invalid(Exception):
+    """A strict batch's first invalid datapoint (its message)."""
+
+
+def accept_points(raw_points: list, linked: dict[str, EventInfo], now: datetime,
+                  strict: bool = False) -> tuple[list[int], list[float], list[datetime] | None, list[str]]:
+    """Check a batch's datapoints and keep those of linked events, in one pass.
+
+    Returns their event ids, values and — only if any datapoint carried a
+    ``timestamp`` — their times (``now`` for the others; None means all at ``now``),
+    and at most :data:`MAX_ERRORS` messages: the invalid datapoints first, then the
+    unlinked events, each in batch order. ``strict``: the first invalid datapoint
+    raises :class:`_Invalid`.
+
+    This loop runs for every datapoint the server takes: a spec datapoint (an object
+    with a finite float ``value``, a linked ``event_public_id`` and no ``timestamp``)
+    costs a few dict lookups and two appends; anything else goes through
+    :func:`validate_point`, which words the refusal."""
+    ids: list[int] = []
+    values: list[float] = []
+    stamps: list[datetime] | None = None
+    invalid: list[str] = []
+    unlinked: list[str] = []
+    get = linked.get
+    for i, raw in enumerate(raw_points):
+        if type(raw) is dict:
+            value, event = raw.get("value"), raw.get("event_public_id")
+            # x - x == 0.0 is False for inf and nan; ints, timestamps and the rest take the long way
+            if type(value) is float and value - value == 0.0 and type(event) is str and raw.get("timestamp") is None:
+                info = get(event)
+                if info is not None:
+                    ids.append(info.id)
+                    values.append(value)
+                    if stamps is not None:
+                        stamps.append(now)
+                    continue
+        try:
+            event, value, ts = validate_point(raw, now)
+        except ValueError as exc:
+            if strict:
+                raise _Invalid(f"datapoints[{i}]: {exc}") from None
+            if len(invalid) < MAX_ERRORS:
+                invalid.append(f"datapoints[{i}]: {exc}")
+            continue
+        info = get(event)
+        if info is None:
+            if len(unlinked) < MAX_ERRORS:
+                unlinked.append(f"event {event}: unknown or not linked to an enabled plugin")
+            continue
+        if ts is not None and stamps is None:
+            stamps = [now] * len(ids)
+        ids.append(info.id)
+        values.append(value)
+        if stamps is not None:
+            stamps.append(ts or now)
+    return ids, values, stamps, (invalid + unlinked)[:MAX_ERRORS]
+
+
 @dataclass
 class _Accepted:
-    rows: list[tuple[datetime, int, float]]
-    infos: dict[int, EventInfo]
+    """A batch's accepted readings as columns (event ids, values, times)."""
+
+    ids: list[int]
+    values: list[float]
+    stamps: list[datetime] | None  # per reading; None: every reading is stamped ``now``
+    now: datetime
+    events: dict[int, EventInfo]  # the linkage's events by id
     errors: list[str]
     rejected: int
     experiment: tuple[int, str] | None
+
+    def rows(self) -> list[tuple[datetime, int, float]]:
+        """``(time, event id, value)`` per reading (the REST path's direct write)."""
+        stamps = self.stamps or [self.now] * len(self.ids)
+        return list(zip(stamps, self.ids, self.values))
+
+    def packed(self) -> bytes:
+        """The readings as the ingest queue stores them (:func:`webmacs.storage.queue.pack_columns`)."""
+        if self.stamps is None:
+            times: int | list[int] = (self.now - EPOCH) // ONE_US
+        else:
+            micros: dict[datetime, int] = {}  # mostly a few distinct times
+            times = [micros[t] if t in micros else micros.setdefault(t, (t - EPOCH) // ONE_US)
+                     for t in self.stamps]
+        return pack_columns(times, self.ids, self.values)
+
+    def newest(self, exp_public: str | None) -> list[LastValue]:
+        """The last value per event (the newest time; of equal times the later reading)."""
+        events, now = self.events, self.now
+        if self.stamps is None:  # one time: the last reading of each event
+            return [LastValue(events[eid], value, now, exp_public)
+                    for eid, value in dict(zip(self.ids, self.values)).items()]
+        newest: dict[int, tuple[datetime, float]] = {}
+        for eid, ts, value in zip(self.ids, self.stamps, self.values):
+            prev = newest.get(eid)
+            if prev is None or ts >= prev[0]:
+                newest[eid] = (ts, value)
+        return [LastValue(events[eid], value, ts, exp_public) for eid, (ts, value) in newest.items()]
 
 
 class IngestPipeline:
@@ -196,41 +289,30 @@ class IngestPipeline:
         if bad_id:
             raise IngestError(bad_id)
         now = datetime.now(timezone.utc)
-        valid: list[tuple[str, float, datetime | None]] = []
-        errors: list[str] = []
-        for i, raw in enumerate(raw_points):
-            try:
-                valid.append(validate_point(raw, now))
-            except ValueError as exc:
-                if strict:
-                    metrics.DATAPOINTS_REJECTED.inc(len(raw_points))
-                    raise IngestError(f"datapoints[{i}]: {exc}") from None
-                if len(errors) < MAX_ERRORS:
-                    errors.append(f"datapoints[{i}]: {exc}")
-
         self.linkage.maybe_refresh()  # another process's changes, within the refresh age
         try:
             linkage = await self.linkage.current()
         except DATABASE_ERRORS as exc:
+            if strict:  # a refusal of the batch itself comes first, as without the database
+                self._check_strict(raw_points, {}, now)
             log.error("batch not stored: linkage unavailable: %s", exc)
             raise IngestError(DATABASE_DOWN, retry=True) from None
-        linked = linkage.events
-        rows: list[tuple[datetime, int, float]] = []
-        infos: dict[int, EventInfo] = {}
-        for event_public_id, value, ts in valid:
-            info = linked.get(event_public_id)
-            if info is None:
-                if len(errors) < MAX_ERRORS:
-                    errors.append(f"event {event_public_id}: unknown or not linked to an enabled plugin")
-                continue
-            infos[info.id] = info
-            rows.append((ts or now, info.id, value))
-        rejected = len(raw_points) - len(rows)
+        ids, values, stamps, errors = (self._check_strict(raw_points, linkage.events, now) if strict
+                                       else accept_points(raw_points, linkage.events, now))
+        rejected = len(raw_points) - len(ids)
         metrics.DATAPOINTS_REJECTED.inc(rejected)
-        if not rows:
+        if not ids:
             raise IngestError(NO_VALID, errors=errors)
-        metrics.DATAPOINTS_ACCEPTED.inc(len(rows))
-        return _Accepted(rows, infos, errors, rejected, linkage.experiment)
+        metrics.DATAPOINTS_ACCEPTED.inc(len(ids))
+        return _Accepted(ids, values, stamps, now, linkage.by_id, errors, rejected, linkage.experiment)
+
+    @staticmethod
+    def _check_strict(raw_points: list, linked: dict[str, EventInfo], now: datetime):
+        try:
+            return accept_points(raw_points, linked, now, strict=True)
+        except _Invalid as exc:
+            metrics.DATAPOINTS_REJECTED.inc(len(raw_points))
+            raise IngestError(str(exc)) from None
 
     def _known_batch(self, sender: str, batch_id: str | None) -> tuple[Record | None, tuple[int, int] | None]:
         """A batch id already in the queue (its record) or committed lately (its counts)."""
@@ -261,11 +343,11 @@ class IngestPipeline:
             return BatchResult(accepted, rejected, duplicate=True), queued.durable if queued is not None else None
         experiment = acc.experiment
         try:
-            rec = self.queue.append(pack_rows(acc.rows), experiment[0] if experiment else None, len(acc.rows),
+            rec = self.queue.append(acc.packed(), experiment[0] if experiment else None, len(acc.ids),
                                     acc.rejected, sender, batch_id)
         except QueueFull:
             self.refused[0] += 1
-            self.refused[1] += len(acc.rows)
+            self.refused[1] += len(acc.ids)
             metrics.QUEUE_REFUSED.inc()
             raise IngestError(OVERLOADED, retry=True) from None
         if batch_id is not None:
@@ -274,7 +356,7 @@ class IngestPipeline:
             rec.durable.add_done_callback(lambda f: f.exception() and self._queued_ids.pop(key, None))
         exp_public = experiment[1] if experiment else None
         self._publish(acc, exp_public)
-        return BatchResult(len(acc.rows), acc.rejected, errors=acc.errors, experiment_public_id=exp_public,
+        return BatchResult(len(acc.ids), acc.rejected, errors=acc.errors, experiment_public_id=exp_public,
                            queued=True), rec.durable
 
     # --- REST: committed before the answer ---------------------------------------------------------
@@ -295,7 +377,7 @@ class IngestPipeline:
         if recent is not None:
             metrics.DUPLICATE_BATCHES.inc()
             return BatchResult(*recent, duplicate=True)
-        rows, rejected, experiment = acc.rows, acc.rejected, acc.experiment
+        rows, rejected, experiment = acc.rows(), acc.rejected, acc.experiment
         started = time.perf_counter()
         try:
             duplicate, accepted, rejected_stored, ids = await self.db.run(
@@ -320,12 +402,7 @@ class IngestPipeline:
 
     def _publish(self, acc: _Accepted, exp_public: str | None) -> None:
         """The last value per event -> listeners (they queue, never block)."""
-        newest: dict[int, tuple[datetime, int, float]] = {}  # plain tuples: this loop runs per datapoint
-        for row in acc.rows:
-            prev = newest.get(row[1])
-            if prev is None or row[0] >= prev[0]:
-                newest[row[1]] = row
-        last = [LastValue(acc.infos[eid], value, ts, exp_public) for eid, (ts, _e, value) in newest.items()]
+        last = acc.newest(exp_public)
         for listener in self.listeners:
             try:
                 listener(last)

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import io
 import struct
+import sys
+from array import array
 from datetime import datetime, timedelta, timezone
+from itertools import groupby
+from operator import attrgetter
 
 from sqlalchemy import and_, delete, func, select, text
 
 from webmacs import timefmt
 from webmacs.models import Event, Experiment, UTCDateTime, datapoints
+from webmacs.storage.queue import ROW, column, interleave
 
 dp = datapoints.c
 
@@ -183,23 +188,12 @@ class Writer:
 
     @staticmethod
     def _copy_records(conn, records: list) -> None:
-        """All rows of ``records`` in one binary COPY: packed straight from the queue's
-        (µs since 1970, event id, value) rows, no text formatting or parsing of times."""
-        parts = [_COPY_HEADER]
-        for rec in records:
-            if rec.experiment_id is None:
-                pack = _COPY_ROW_NULL.pack
-                parts.extend([pack(4, 8, us - _PG_EPOCH_US, 4, event_id, 8, value, -1)
-                              for us, event_id, value in rec.unpacked()])
-            else:
-                pack, exp = _COPY_ROW.pack, rec.experiment_id
-                parts.extend([pack(4, 8, us - _PG_EPOCH_US, 4, event_id, 8, value, 4, exp)
-                              for us, event_id, value in rec.unpacked()])
-        parts.append(_COPY_TRAILER)
+        """All rows of ``records`` in one binary COPY (:func:`copy_payload`)."""
         cursor = conn.connection.dbapi_connection.cursor()
         try:
+            payload = copy_payload(records)
             cursor.copy_expert("COPY datapoints (time, event_id, value, experiment_id) FROM STDIN WITH (FORMAT binary)",
-                               io.BytesIO(b"".join(parts)))
+                               io.BytesIO(payload), size=len(payload))  # one read, not one per 8 kB
         finally:
             cursor.close()
 
@@ -225,6 +219,44 @@ _COPY_TRAILER = struct.pack(">h", -1)
 _COPY_ROW = struct.Struct(">hiqiiidii")
 _COPY_ROW_NULL = struct.Struct(">hiqiiidi")
 _PG_EPOCH_US = 946_684_800_000_000
+_BIG_ENDIAN_HOST = sys.byteorder == "big"
+
+
+def _big_endian(column: array) -> bytes:
+    if not _BIG_ENDIAN_HOST:
+        column.byteswap()
+    return column.tobytes()
+
+
+def copy_payload(records: list) -> bytes:
+    """PostgreSQL binary COPY data for every row of queue ``records``, built in bulk: the
+    rows of each run of records with one experiment id are split into columns
+    (:func:`webmacs.storage.queue.column`) in PostgreSQL's epoch and byte order and
+    written into copies of a template row (:func:`webmacs.storage.queue.interleave`):
+    a few C loops per run, no Python call per row."""
+    parts = [_COPY_HEADER]
+    for exp_id, run in groupby(records, key=attrgetter("experiment_id")):
+        run = list(run)
+        rows = b"".join([rec.rows for rec in run])
+        times = b"".join([_pg_times(rec.rows) for rec in run])
+        if exp_id is None:
+            template = _COPY_ROW_NULL.pack(4, 8, 0, 4, 0, 8, 0.0, -1)
+        else:
+            template = _COPY_ROW.pack(4, 8, 0, 4, 0, 8, 0.0, 4, exp_id)
+        parts.append(interleave(len(template), ((6, times, 8), (18, _big_endian(column(rows, "event_id")), 4),
+                                                (26, _big_endian(column(rows, "value")), 8)),
+                                len(rows) // ROW.size, template))
+    parts.append(_COPY_TRAILER)
+    return b"".join(parts)
+
+
+def _pg_times(rows: bytes) -> bytes:
+    """A record's times as timestamptz (µs since 2000, big-endian). A spec batch has one
+    time for all its rows: shifted once."""
+    times = column(rows, "time")
+    if times and times.count(times[0]) == len(times):
+        return _big_endian(array("q", [times[0] - _PG_EPOCH_US])) * len(times)
+    return _big_endian(array("q", [us - _PG_EPOCH_US for us in times]))
 
 
 class _MicrosText(dict):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import text
 
@@ -17,11 +17,15 @@ class EventInfo:
 
 @dataclass(frozen=True)
 class Linkage:
-    """Events linked to an enabled plugin instance (by public id), and the running
-    experiment as ``(id, public_id)``."""
+    """Events linked to an enabled plugin instance (by public id, and by id in
+    ``by_id``), and the running experiment as ``(id, public_id)``."""
 
     events: dict[str, EventInfo]
     experiment: tuple[int, str] | None
+    by_id: dict[int, EventInfo] = field(init=False, repr=False, compare=False)  # the same events by id
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_id", {info.id: info for info in self.events.values()})
 
 
 def load_linkage(session) -> Linkage:

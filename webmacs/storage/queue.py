@@ -40,9 +40,11 @@ import hashlib
 import logging
 import os
 import struct
+import sys
 import time
 import uuid
 import zlib
+from array import array
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -59,6 +61,7 @@ SEGMENT_BYTES = 8 * 1024 * 1024  # a new segment is started past this size
 MAX_SLOTS = 64
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 ONE_US = timedelta(microseconds=1)
+_BIG_ENDIAN_HOST = sys.byteorder == "big"  # ROW is little-endian; array() is the host's order
 
 
 class QueueFull(Exception):
@@ -90,8 +93,53 @@ class Record:
 
 
 def pack_rows(rows: Iterable[tuple[datetime, int, float]]) -> bytes:
+    """Rows as :data:`ROW` s, one by one (the format's definition; :func:`pack_columns` is the fast way)."""
     pack = ROW.pack
     return b"".join([pack((ts - EPOCH) // ONE_US, event_id, value) for ts, event_id, value in rows])
+
+
+def _little_endian(column: array) -> bytes:
+    if _BIG_ENDIAN_HOST:
+        column.byteswap()
+    return column.tobytes()
+
+
+COLUMNS = {"time": (0, "q", 8), "event_id": (8, "i", 4), "value": (12, "d", 8)}  # ROW's fields
+
+
+def column(rows: bytes, name: str) -> array:
+    """One field of packed :data:`ROW` s as an array (``"time"``: µs since the epoch;
+    ``"event_id"``, ``"value"``)."""
+    offset, code, width = COLUMNS[name]
+    data = bytearray(width * (len(rows) // ROW.size))
+    for k in range(width):
+        data[k::width] = rows[offset + k::ROW.size]
+    values = array(code)
+    values.frombytes(data)
+    if _BIG_ENDIAN_HOST:
+        values.byteswap()
+    return values
+
+
+def interleave(row_size: int, fields: Iterable[tuple[int, bytes, int]], n: int, row: bytes | None = None) -> bytearray:
+    """``n`` rows of ``row_size`` bytes (each a copy of ``row``, zeros by default) with
+    ``fields`` written into them: ``(offset in the row, the column's bytes, field width)``,
+    byte by byte with extended slices — a few C loops per batch instead of a
+    ``struct.pack`` per row."""
+    out = bytearray(row * n if row is not None else row_size * n)
+    for offset, column, width in fields:
+        for k in range(width):
+            out[offset + k::row_size] = column[k::width]
+    return out
+
+
+def pack_columns(times: int | list[int], event_ids: list[int], values: list[float]) -> bytes:
+    """The same bytes as :func:`pack_rows`, from columns: ``times`` in µs since the
+    epoch (one int: every row at that time)."""
+    n = len(event_ids)
+    t = array("q", [times]) * n if isinstance(times, int) else array("q", times)
+    return bytes(interleave(ROW.size, ((0, _little_endian(t), 8), (8, _little_endian(array("i", event_ids)), 4),
+                                       (12, _little_endian(array("d", values)), 8)), n))
 
 
 def to_datetime(micros: int) -> datetime:
