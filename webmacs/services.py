@@ -22,7 +22,7 @@ from sqlalchemy import delete, text
 from sqlalchemy.exc import IntegrityError
 from tornado.ioloop import PeriodicCallback
 
-from webmacs import accounts, metrics
+from webmacs import accounts, memory, metrics
 from webmacs.broadcast import CONTROLLER, FRONTEND, ConnectionManager, broadcast_points
 from webmacs.bus import CHANGES, POINTS, POINTS_INTERVAL_MS, REVOKE, PointRelay, make_bus
 from webmacs.cache import LINKAGE, RULES, WEBHOOKS, CachedView, Changes
@@ -30,6 +30,7 @@ from webmacs.config import ConfigError, Settings
 from webmacs.db import Database, current_revision, head_revision, upgrade
 from webmacs.health import HealthProbe
 from webmacs.ingest import IngestPipeline
+from webmacs.memory import MemoryTrimmer
 from webmacs.models import IngestBatch, WebhookDelivery
 from webmacs.ratelimit import Guards
 from webmacs.rules import RuleEngine, server_log
@@ -73,6 +74,7 @@ class Services:
         self.guards = Guards(config)  # request and login rate limits, the password hasher
         self.downloads = DownloadTickets(config.secret_key)  # single-use CSV download URLs for browsers
         self.health = HealthProbe(self.db)  # /health's own database check
+        self.memory = MemoryTrimmer()  # gives freed heap pages back after a burst
         # Consumers of accepted batches, in this order.
         self.pipeline.add_listener(self.webhooks.sensor_readings)
         self.pipeline.add_listener(self.rules.evaluate)
@@ -139,6 +141,7 @@ class Services:
         # system.health_changed must fire when the database goes and comes back even
         # if nobody is polling /health.
         self._every(HEALTH_CHECK_INTERVAL * 1000, self._check_health)
+        self._every(memory.CHECK_INTERVAL * 1000, self.memory.check)
         if metrics.multiprocess():  # each worker's share of the state gauges, for any worker's scrape
             self._every(metrics.MULTIPROCESS_REFRESH_MS, self.refresh_metrics)
 
@@ -160,6 +163,7 @@ class Services:
         self.changes.close()
         self.health.close()
         self.guards.hasher.close()  # its idle thread would hold the interpreter's exit
+        self.memory.close()
         # last, so a hung database cannot keep the others from stopping; what is left stays queued
         await self.pipeline.stop(min(QUEUE_DRAIN_TIMEOUT, self.config.shutdown_timeout / 4))
         metrics.process_exit()
