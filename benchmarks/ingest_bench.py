@@ -202,6 +202,23 @@ def children(pid: int) -> list[int]:
         return []
 
 
+def rss_settle(pid: int, idle_kb: int, seconds: float, margin_kb: int = 50 * 1024) -> dict:
+    """Server VmRSS every second for ``seconds`` after the run (everything committed,
+    clients idle): when it first came within ``margin_kb`` of its idle RSS, and where it ended."""
+    start, samples, within = time.monotonic(), [], None
+    while time.monotonic() - start < seconds:
+        kb = vmrss_kb(pid)
+        if kb is None:
+            break
+        t = time.monotonic() - start
+        samples.append((round(t, 1), kb))
+        if within is None and kb <= idle_kb + margin_kb:
+            within = t
+        time.sleep(1.0)
+    return {"idle_kb": idle_kb, "margin_kb": margin_kb, "within_margin_after_s": within,
+            "end_kb": samples[-1][1] if samples else None, "samples": samples}
+
+
 def vmrss_kb(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/status") as fh:
@@ -1230,6 +1247,9 @@ def run(args) -> dict:
         if s is not None:
             report["subscribers"] = {k: v for k, v in s.items() if k != "latency_hist"}
 
+        # --- memory after the burst: does the server give it back? ---------------------
+        if args.rss_settle and sampler.server_pid:
+            report["rss_settle"] = rss_settle(sampler.server_pid, resources["rss_kb"]["start"], args.rss_settle)
         # --- bytes per datapoint (before the raw COPY adds rows of its own) -------------
         if server is not None:
             report["server_exit"] = server.stop()
@@ -1344,6 +1364,12 @@ def print_report(r: dict) -> None:
     if rss["peak"]:
         print(f"server RSS         peak {rss['peak'] / 1024:.1f} MiB (start {rss['start'] / 1024:.1f}, "
               f"end {(rss['end'] or 0) / 1024:.1f})")
+    settle = r.get("rss_settle")
+    if settle:
+        within = settle["within_margin_after_s"]
+        print(f"RSS after the run  {settle['end_kb'] / 1024:.1f} MiB after {settle['samples'][-1][0]:.0f} s "
+              f"(idle {settle['idle_kb'] / 1024:.1f}); within idle + {settle['margin_kb'] // 1024} MiB "
+              + (f"after {within:.0f} s" if within is not None else "never"))
     if rss.get("worker_peaks"):
         print("worker RSS peaks   " + ", ".join(f"{kb / 1024:.1f} MiB" for kb in rss["worker_peaks"]))
     cpu = res["cpu_s"]
@@ -1421,6 +1447,8 @@ def main() -> int:
     p.add_argument("--no-experiment", action="store_true", help="do not start an experiment (experiment_id NULL)")
     p.add_argument("--no-raw-copy", dest="raw_copy", action="store_false", help="skip the raw COPY comparison")
     p.add_argument("--raw-repeat", type=int, default=2, help="raw COPY runs of each kind; the best counts")
+    p.add_argument("--rss-settle", type=float, default=0, metavar="S",
+                   help="after the run, sample the server's RSS for S s (does it return to idle + 50 MiB?)")
     p.add_argument("--raw-rows", type=int, default=0,
                    help="rows of each raw COPY (default: as many as the server stored; issue 21 uses 1,000,000)")
     p.add_argument("--no-size", dest="size", action="store_false", help="skip bytes per datapoint")

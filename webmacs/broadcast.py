@@ -41,11 +41,13 @@ CONTROLLER = "controller"
 
 
 def broadcast_points(last_values: Iterable) -> list[dict]:
-    """:class:`webmacs.ingest.LastValue` s in the spec's broadcast shape."""
+    """:class:`webmacs.ingest.LastValue` s in the spec's broadcast shape. The points of a
+    batch mostly share one time: each distinct time is formatted once."""
+    times: dict = {}
     return [{
         "value": lv.value,
         "event_public_id": lv.event.public_id,
-        "timestamp": timefmt.api(lv.time),
+        "timestamp": times[lv.time] if lv.time in times else times.setdefault(lv.time, timefmt.api(lv.time)),
         "experiment_public_id": lv.experiment_public_id,
     } for lv in last_values]
 
@@ -126,10 +128,13 @@ class ConnectionManager:
             conn.close(code, reason)
 
     # --- data -------------------------------------------------------------------
-    def publish_readings(self, last_values: Iterable) -> None:
-        """Ingest listener: the last value per event of a committed batch
-        (:class:`webmacs.ingest.LastValue`), in the spec's broadcast shape."""
-        self.publish(broadcast_points(last_values))
+    def publish_readings(self, last_values: Iterable) -> list[dict]:
+        """Ingest listener: the last value per event of an accepted batch
+        (:class:`webmacs.ingest.LastValue`), in the spec's broadcast shape; returns
+        those points (the cluster relay sends the same ones on)."""
+        points = broadcast_points(last_values)
+        self.publish(points)
+        return points
 
     def merge_remote(self, points: Iterable) -> None:
         """Points another server process accepted (cluster bus): into the same buffer,

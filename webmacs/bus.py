@@ -382,17 +382,17 @@ class PgBus(Bus):
 
 
 class PointRelay:
-    """Pipeline listener: gathers the newest accepted point per event and publishes them
-    every ``POINTS_INTERVAL_MS``; merges what other processes publish into ``hub``."""
+    """Gathers the newest accepted point per event (:meth:`add`, the broadcast points the
+    hub was given) and publishes them every ``POINTS_INTERVAL_MS``; merges what other
+    processes publish into ``hub``."""
 
-    def __init__(self, bus: Bus, hub, to_points: Callable[[Iterable], list[dict]]) -> None:
+    def __init__(self, bus: Bus, hub) -> None:
         self.bus = bus
         self.hub = hub
-        self._to_points = to_points
         self._pending: dict[str, dict] = {}
 
-    def add(self, last_values: Iterable) -> None:
-        for point in self._to_points(last_values):
+    def add(self, points: Iterable[dict]) -> None:
+        for point in points:
             self._pending[point["event_public_id"]] = point
 
     def flush(self) -> None:

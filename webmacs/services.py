@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from tornado.ioloop import PeriodicCallback
 
 from webmacs import accounts, memory, metrics
-from webmacs.broadcast import CONTROLLER, FRONTEND, ConnectionManager, broadcast_points
+from webmacs.broadcast import CONTROLLER, FRONTEND, ConnectionManager
 from webmacs.bus import CHANGES, POINTS, POINTS_INTERVAL_MS, REVOKE, PointRelay, make_bus
 from webmacs.cache import LINKAGE, RULES, WEBHOOKS, CachedView, Changes
 from webmacs.config import ConfigError, Settings
@@ -78,10 +78,12 @@ class Services:
         # Consumers of accepted batches, in this order.
         self.pipeline.add_listener(self.webhooks.sensor_readings)
         self.pipeline.add_listener(self.rules.evaluate)
-        self.pipeline.add_listener(self.hub.publish_readings)
-        self.relay = PointRelay(self.bus, self.hub, broadcast_points) if self.bus.shared else None
-        if self.relay is not None:  # live points to the other processes' dashboards
-            self.pipeline.add_listener(self.relay.add)
+        self.relay = PointRelay(self.bus, self.hub) if self.bus.shared else None
+        if self.relay is None:
+            self.pipeline.add_listener(self.hub.publish_readings)
+        else:  # the same points, encoded once, also to the other processes' dashboards
+            relay = self.relay
+            self.pipeline.add_listener(lambda last_values: relay.add(self.hub.publish_readings(last_values)))
             self.bus.subscribe(POINTS, self.relay.received)
         # Where "this changed, reload" enters (see webmacs.cache), here and on the bus.
         self.changes = Changes(self.bus)
