@@ -1115,6 +1115,33 @@ class Freezer(threading.Thread):
                        "queue_peak_bytes": peak_bytes, "catch_up_s": caught_up}
 
 
+class Backlog(threading.Thread):
+    """Paced runs: /health's ingest queue every 0.5 s while the controllers send (one
+    worker's queue when there are several). A backlog that grows shows as a queue deeper at
+    the end than in the first third of the run."""
+
+    def __init__(self, base_url: str, t0: float, duration: float) -> None:
+        super().__init__(daemon=True)
+        self.base_url, self.t0, self.duration = base_url, t0, duration
+        self.samples: list[tuple[float, int, float]] = []  # (s into the run, batches queued, oldest s)
+
+    def run(self) -> None:
+        time.sleep(max(0.0, self.t0 - time.time()))
+        while time.time() < self.t0 + self.duration:
+            q = health_queue(self.base_url)
+            if q:
+                self.samples.append((round(time.time() - self.t0, 2), q["records"], q.get("writer_lag_seconds", 0.0)))
+            time.sleep(0.5)
+
+    def result(self) -> dict:
+        third = [n for t, n, _ in self.samples if t <= self.duration / 3]
+        last = [n for t, n, _ in self.samples if t >= self.duration * 2 / 3]
+        return {"peak_records": max((n for _, n, _ in self.samples), default=0),
+                "first_third_mean": sum(third) / len(third) if third else 0.0,
+                "last_third_mean": sum(last) / len(last) if last else 0.0,
+                "peak_lag_s": max((lag for *_, lag in self.samples), default=0.0), "samples": self.samples}
+
+
 def wait_committed(db: "DB", rows_before: int, want: int, timeout: float) -> tuple[int, float]:
     """With the durable ingest queue an ack means "durable on the server's disk", not
     "committed": poll the table until it holds ``want`` new rows (or stops growing for 3 s
@@ -1131,6 +1158,7 @@ def wait_committed(db: "DB", rows_before: int, want: int, timeout: float) -> tup
 
 def run(args) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="webmacs-bench-"))
+    shm_queue = Path("/dev/shm") / f"webmacs-bench-queue-{os.getpid()}"  # --accept-only
     report: dict = {"args": vars(args), "machine": {"cpus": os.cpu_count(), "loadavg_before": loadavg()},
                     "code": code_state()}
     server = None
@@ -1158,8 +1186,13 @@ def run(args) -> dict:
             server_pid = args.server_pid
         else:
             extra_env = dict(kv.split("=", 1) for kv in args.server_env)
+            wrapper = args.server_wrapper
+            if args.accept_only:  # the accept path alone: writer paused, the queue on tmpfs and roomy
+                wrapper = str(REPO / "benchmarks/experiments/patched_server.py")
+                extra_env.update({"BENCH_WRITER_PAUSED": "1", "WEBMACS_INGEST_QUEUE_PATH": str(shm_queue),
+                                  "WEBMACS_INGEST_QUEUE_MAX_MB": "65536"})
             server = Server(database_url, workdir, args.pool_size, extra_env, args.server_switch_interval,
-                            args.server_wrapper, args.workers)
+                            wrapper, args.workers)
             server.wait_ready()
             base_url = server.base_url
             server_pid = server.pid
@@ -1203,6 +1236,10 @@ def run(args) -> dict:
         if args.freeze_db:
             freezer = Freezer(database_url, base_url, t0, args.freeze_after, args.freeze_db)
             freezer.start()
+        backlog = None
+        if args.rate:
+            backlog = Backlog(base_url, t0, args.duration)
+            backlog.start()
         if subs:
             subs.send(f"GO {t0}")
         ctl.send(f"GO {t0}")
@@ -1210,6 +1247,9 @@ def run(args) -> dict:
         if freezer is not None:
             freezer.join(args.freeze_db + 660)
             report["freeze"] = freezer.result
+        if backlog is not None:
+            backlog.join(10)
+            report["backlog"] = backlog.result()
         time.sleep(max(0.5, 2.5 * args.broadcast_wait))  # let the last flush reach subscribers
         resources = sampler.finish()
         if waits is not None:
@@ -1231,12 +1271,13 @@ def run(args) -> dict:
         if c["acked_batches"]:
             ack_span = max(1e-9, c["last_ack"] - c["t0"])
             report["persisted_acked_dp_s"] = c["acked_points"] / ack_span
-        if db is not None:
+        if db is not None and not args.accept_only:
             rows_run, committed_at = wait_committed(db, rows_before, c["acked_points"] if c["acked_batches"] else 0,
                                                     args.drain_timeout + 600)
             report["rows_persisted"] = rows_run
             end = max(committed_at, c["last_ack"] if c["acked_batches"] else c["last_send"])
             report["persisted_db_dp_s"] = rows_run / max(1e-9, end - c["t0"])
+            report["drain_s"] = max(0.0, committed_at - (c["last_ack"] if c["acked_batches"] else c["last_send"]))
             if args.freeze_db:
                 report["freeze"]["lost"] = c["sent_points"] - c["rejected"] - rows_run
         resources["cpu_s"]["controllers"] = c.get("cpu_s", 0.0)
@@ -1305,6 +1346,7 @@ def run(args) -> dict:
                 drop_scratch_pg(*drop_after)
             except (Exception, SystemExit) as exc:  # noqa: BLE001 - report, keep the results
                 log(f"could not drop scratch database {drop_after[1]}: {exc}")
+        shutil.rmtree(shm_queue, ignore_errors=True)
         if args.keep_workdir:
             log(f"workdir kept: {workdir}")
         else:
@@ -1334,6 +1376,18 @@ def print_report(r: dict) -> None:
     if "persisted_db_dp_s" in r:
         print(f"persisted (DB)     {r['persisted_db_dp_s']:>12,.0f} dp/s   ({r['rows_persisted']:,} rows counted, "
               "until the table held them all)")
+    if a.get("accept_only") and "persisted_acked_dp_s" in r:
+        cpu = r["resources"]["cpu_s"]["server"] / r["resources"]["wall_s"]
+        print(f"accept path alone  writer paused, queue on tmpfs: {r['persisted_acked_dp_s']:,.0f} dp/s acked at "
+              f"server {cpu:.0%} of a core = {r['persisted_acked_dp_s'] / max(cpu, 1e-9):,.0f} dp/s per core")
+    if "drain_s" in r:
+        print(f"drain              {r['drain_s']:.2f} s from the last {'ack' if c['acked_batches'] else 'send'} "
+              "until the table held every row")
+    bl = r.get("backlog")
+    if bl and bl["samples"]:
+        print(f"ingest queue       /health every 0.5 s: peak {bl['peak_records']:,} batches, mean "
+              f"{bl['first_third_mean']:.1f} in the first third, {bl['last_third_mean']:.1f} in the last; "
+              f"oldest waiting ≤ {bl['peak_lag_s']:.2f} s")
     f = r.get("freeze")
     if f:
         catch = "never (within 600 s)" if f.get("catch_up_s") is None else f"{f['catch_up_s']:.1f} s"
@@ -1447,6 +1501,9 @@ def main() -> int:
     p.add_argument("--no-experiment", action="store_true", help="do not start an experiment (experiment_id NULL)")
     p.add_argument("--no-raw-copy", dest="raw_copy", action="store_false", help="skip the raw COPY comparison")
     p.add_argument("--raw-repeat", type=int, default=2, help="raw COPY runs of each kind; the best counts")
+    p.add_argument("--accept-only", action="store_true",
+                   help="the accept path alone: the server's queue writer paused (experiments/patched_server.py), "
+                        "its queue on tmpfs; counts acks, not rows (flat out)")
     p.add_argument("--rss-settle", type=float, default=0, metavar="S",
                    help="after the run, sample the server's RSS for S s (does it return to idle + 50 MiB?)")
     p.add_argument("--raw-rows", type=int, default=0,
@@ -1479,6 +1536,10 @@ def main() -> int:
     if not 1 <= args.batch <= 500:
         p.error("--batch must be 1..500 (the server's limit)")
     if args.url and not args.database_url:
+        args.raw_copy = args.size = False
+    if args.accept_only:
+        if args.url or args.rate:
+            p.error("--accept-only starts its own server and runs flat out (--rate 0)")
         args.raw_copy = args.size = False
     args.broadcast_wait = 0.2
     if args.db == "sqlite" and not args.url:

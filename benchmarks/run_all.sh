@@ -73,9 +73,7 @@ if want exp2; then
            --pg-waits)
         run "exp2_base_r$rep" "${X[@]}"
         run "exp2_nopreping_r$rep" "${X[@]}" --server-wrapper $W --server-env BENCH_NO_PREPING=1
-        run "exp2_copychunk_r$rep" "${X[@]}" --server-wrapper $W --server-env BENCH_COPY_ONE_CHUNK=1
-        run "exp2_both_r$rep" "${X[@]}" --server-wrapper $W --server-env BENCH_NO_PREPING=1 \
-            --server-env BENCH_COPY_ONE_CHUNK=1
+        # (BENCH_COPY_ONE_CHUNK, also run here then, is now how the writer works)
     done
 fi
 exit 0

@@ -1,23 +1,26 @@
 #!/usr/bin/env python
-"""EXPERIMENT ONLY: run the unchanged ``webmacs serve`` with proposed changes patched in at
-start, to measure them before anyone edits the server. Nothing in ``webmacs/`` is modified.
+"""EXPERIMENT ONLY: run the unchanged ``webmacs serve`` with a change patched in at start, to
+measure something the server cannot be asked to do. Nothing in ``webmacs/`` is modified.
 
     ingest_bench.py --server-wrapper benchmarks/experiments/patched_server.py \
-        --server-env BENCH_NO_PREPING=1 --server-env BENCH_COPY_ONE_CHUNK=1 ...
+        --server-env BENCH_WRITER_PAUSED=1 ...
 
-BENCH_NO_PREPING=1      the engine's pool without ``pool_pre_ping`` (one SELECT 1 round trip,
-                        and one GIL hand-off, less per batch)
-BENCH_COPY_ONE_CHUNK=1  the COPY text built before the transaction opens, and handed to
-                        psycopg2 in one piece (``copy_expert(size=...)``) instead of 8 kB reads,
-                        each of which needs the GIL while the session waits (ClientRead)
+BENCH_WRITER_PAUSED=1  the ingest queue's writer never starts: readings are accepted, made
+                       durable and acknowledged, and stay in the queue (``ingest_bench.py
+                       --accept-only``: the accept path alone, queue on tmpfs)
+BENCH_NO_PREPING=1     the engine's pool without ``pool_pre_ping`` (one SELECT 1 round trip
+                       less per checkout)
+
+(Earlier experiments, a COPY handed to psycopg2 in one piece and the text of a COPY built
+before the transaction, were measured here and are now how the writer works:
+``webmacs.storage.datapoints.copy_payload``.)
 """
 
 from __future__ import annotations
 
-import io
+import asyncio
 import os
 import sys
-from datetime import datetime
 
 from webmacs import db as wdb
 from webmacs import ingest
@@ -32,37 +35,11 @@ if os.environ.get("BENCH_NO_PREPING"):
 
     wdb.make_engine = make_engine
 
-if os.environ.get("BENCH_COPY_ONE_CHUNK"):
-    _write = ingest.IngestPipeline._write
-    _copy = ingest.IngestPipeline._copy_postgresql
+if os.environ.get("BENCH_WRITER_PAUSED"):
+    async def paused_writer(self) -> None:
+        await asyncio.Event().wait()  # until stop() cancels it; the queue keeps every record
 
-    def _prebuilt(rows, exp_id):
-        exp = "\\N" if exp_id is None else str(exp_id)
-        text_of = ingest._TimeText(datetime.isoformat)
-        return "".join([f"{text_of[ts]}\t{info.id}\t{value!r}\t{exp}\n" for ts, info, value in rows])
-
-    def write(self, rows, experiment, batch_id, accepted, rejected, want_ids):
-        if self.db.is_postgres and not want_ids:
-            self._bench_text = _prebuilt(rows, experiment[0] if experiment else None)
-        try:
-            return _write(self, rows, experiment, batch_id, accepted, rejected, want_ids)
-        finally:
-            self._bench_text = None
-
-    def copy_postgresql(self, conn, rows, exp_id, want_ids):
-        data = getattr(self, "_bench_text", None)
-        if want_ids or data is None:
-            return _copy(self, conn, rows, exp_id, want_ids)
-        cursor = conn.connection.dbapi_connection.cursor()
-        try:
-            cursor.copy_expert("COPY datapoints (time, event_id, value, experiment_id) FROM STDIN",
-                               io.StringIO(data), size=max(8192, len(data) + 1))
-        finally:
-            cursor.close()
-        return []
-
-    ingest.IngestPipeline._write = write
-    ingest.IngestPipeline._copy_postgresql = copy_postgresql
+    ingest.IngestPipeline._write_loop = paused_writer
 
 if __name__ == "__main__":
     from webmacs.cli import main
