@@ -66,6 +66,8 @@ REPO = Path(__file__).resolve().parent.parent
 ADMIN_EMAIL = "bench-admin@example.com"
 ADMIN_PASSWORD = "bench-password-1"
 SECRET = "bench-secret-key-that-is-long-enough-0123456789abcdef"
+# the repository's virtualenv, or (a git worktree without one) the interpreter running this
+PYTHON = str(REPO / ".venv/bin/python") if (REPO / ".venv/bin/python").exists() else sys.executable
 HIST_RES_MS = 0.5  # latency histogram bucket width
 HIST_MAX_MS = 60_000
 
@@ -844,11 +846,11 @@ class Server:
         if workers != 1:
             argv += ["--workers", str(workers)]
         if wrapper:  # experiment only: the unchanged server with proposed changes patched in
-            cmd = [str(REPO / ".venv/bin/python"), str(Path(wrapper).resolve()), *argv]
+            cmd = [PYTHON, str(Path(wrapper).resolve()), *argv]
         elif switch_interval is None:
-            cmd = [str(REPO / ".venv/bin/python"), "-m", "webmacs", *argv]
+            cmd = [PYTHON, "-m", "webmacs", *argv]
         else:  # experiment only: the unchanged server with another GIL switch interval
-            cmd = [str(REPO / ".venv/bin/python"), "-c",
+            cmd = [PYTHON, "-c",
                    f"import sys; sys.setswitchinterval({switch_interval}); from webmacs.cli import main; "
                    f"raise SystemExit(main({argv!r}))"]
         self.proc = subprocess.Popen(cmd, env=env, cwd=workdir,

@@ -10,25 +10,33 @@ encodes one ``datapoints_batch`` frame **once** and hands the same bytes to
 every subscriber of the ``"frontend"`` group. So an event is broadcast at most
 once per interval and the last value of a burst is always the one delivered.
 
-Slow subscribers: each connection counts the bytes handed to Tornado that the
-socket has not yet taken (``write_message`` futures not yet resolved). Above
+Writing: the frame (WebSocket header and payload) is built once per flush and the
+same bytes go to every subscriber with the least per-socket work: straight to the
+kernel with ``socket.send`` when nothing is queued on the connection's Tornado
+stream (no future, no callback, no coroutine per socket), else appended to the
+stream (``IOStream.write``), which sends it in order as the socket takes it.
+
+Slow subscribers: a connection's unsent bytes are read from its stream's counters
+(bytes handed to Tornado that the socket has not yet taken). Above
 ``max_pending_bytes`` a connection is *behind*: it is skipped and the events it
 missed are remembered (a set, bounded by the number of events). When its
-backlog drains it is sent the current latest value of each missed event, so it
-may skip intermediate values but never the latest. A connection behind for
+backlog has drained (checked at every flush tick and broadcast) it is sent the
+current latest value of each missed event, so it may skip intermediate values
+but never the latest. A connection behind for
 longer than ``stall_timeout`` seconds is closed. Memory per client is therefore
 bounded by ``max_pending_bytes`` plus one frame, whatever the client does.
 
-Threading: everything here runs on the IOLoop thread (publish, flush, the
-``write_message`` callbacks); nothing is locked because nothing else touches it.
+Threading: everything here runs on the IOLoop thread (publish, flush, broadcast); nothing is locked because nothing else touches it.
 """
 
 from __future__ import annotations
 
 import logging
+import struct
 import time
 from typing import Any, Callable, Iterable
 
+from tornado.iostream import IOStream, StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from webmacs import metrics, timefmt
@@ -61,11 +69,33 @@ REVOCATIONS: dict[str, Callable[["Connection", Any], bool]] = {
 }
 
 
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked, uncompressed WebSocket text frame (RFC 6455 5.2): what the server
+    sends, built once per flush and written as is to every subscriber's stream."""
+    n = len(payload)
+    if n < 126:
+        head = struct.pack("!BB", 0x81, n)
+    elif n < 65536:
+        head = struct.pack("!BBH", 0x81, 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x81, 127, n)
+    return head + payload
+
+
+def _unsent(stream) -> int:
+    """Bytes handed to a Tornado stream that its socket has not taken yet."""
+    return stream._total_write_index - stream._total_write_done_index
+
+
 class Connection:
-    """What the manager knows of one socket; the handler owns one of these."""
+    """What the manager knows of one socket; the handler owns one of these.
+
+    ``pending_bytes`` is read from the socket's Tornado stream (bytes handed to it
+    and not yet taken by the kernel), so no write needs a callback to keep count;
+    assigning it shifts what it reads by the difference (tests pretend a full socket)."""
 
     __slots__ = ("handler", "group", "user_id", "jti", "api_token_id", "sender", "expires_at",
-                 "pending_bytes", "behind_since", "missed", "closed")
+                 "_extra_pending", "behind_since", "missed", "closed")
 
     def __init__(self, handler: WebSocketHandler, group: str, principal) -> None:
         self.handler = handler
@@ -75,10 +105,23 @@ class Connection:
         self.sender = principal.sender  # telemetry batch ids are this principal's
         self.api_token_id = principal.api_token_id
         self.expires_at = principal.expires_at
-        self.pending_bytes = 0
+        self._extra_pending = 0
         self.behind_since: float | None = None
         self.missed: set[str] = set()
         self.closed = False
+
+    def _stream(self):
+        ws = self.handler.ws_connection
+        return None if ws is None else ws.stream
+
+    @property
+    def pending_bytes(self) -> int:
+        stream = self._stream()
+        return self._extra_pending + (0 if stream is None else _unsent(stream))
+
+    @pending_bytes.setter
+    def pending_bytes(self, value: int) -> None:
+        self._extra_pending += value - self.pending_bytes
 
     def close(self, code: int, reason: str) -> None:
         if not self.closed:
@@ -165,27 +208,37 @@ class ConnectionManager:
         started = time.perf_counter()
         points = self.buffer
         self.buffer = {}
-        frame = encode({"type": "datapoints_batch", "datapoints": list(points.values())})
+        payload = encode({"type": "datapoints_batch", "datapoints": list(points.values())})
+        frame = text_frame(payload)
+        limit = self.max_pending_bytes
         sent = skipped = 0
         for conn in list(self.groups.get(FRONTEND, ())):
-            if conn.pending_bytes >= self.max_pending_bytes:
-                if conn.behind_since is None:
-                    conn.behind_since = now
+            if conn.behind_since is not None:
+                if conn.pending_bytes >= limit:
+                    conn.missed.update(points)
+                    skipped += 1
+                    continue
+                self._catch_up(conn)
+            elif conn.pending_bytes >= limit:
+                conn.behind_since = now
                 conn.missed.update(points)
                 skipped += 1
                 continue
-            self._send(conn, frame)
-            sent += 1
+            if self._write(conn, frame, payload):
+                sent += 1
         metrics.FRAMES_SENT.inc(sent)
         metrics.FRAMES_SKIPPED.inc(skipped)
         metrics.FLUSH_DURATION.observe(time.perf_counter() - started)
 
     def broadcast(self, group: str, payload: Any) -> None:
         """Send ``payload`` (a dict, encoded once, or ready bytes) to every member of ``group``."""
-        frame = payload if isinstance(payload, bytes) else encode(payload)
+        payload = payload if isinstance(payload, bytes) else encode(payload)
+        frame = text_frame(payload)
         for conn in list(self.groups.get(group, ())):
             if conn.pending_bytes < self.max_pending_bytes:
-                self._send(conn, frame)
+                if conn.behind_since is not None:
+                    self._catch_up(conn)
+                self._write(conn, frame, payload)
 
     def reply(self, conn: Connection, payload: Any) -> None:
         """An answer to one client (pong, error, ack), through the same bounded path
@@ -197,40 +250,68 @@ class ConnectionManager:
             log.info("closing a client that does not read its replies (%d bytes unsent)", conn.pending_bytes)
             self.abort(conn, 1013, "Client not reading replies")
             return
-        self._send(conn, encode(payload))
+        payload = encode(payload)
+        self._write(conn, text_frame(payload), payload)
 
-    def _send(self, conn: Connection, frame: bytes) -> None:
-        try:
-            future = conn.handler.write_message(frame)
-        except WebSocketClosedError:
+    def _write(self, conn: Connection, frame: bytes, payload: bytes) -> bool:
+        """The prebuilt ``frame`` onto the socket: straight to the kernel when nothing is
+        queued before it (no future, no callback: the usual case), else appended to the
+        Tornado stream, which sends it in order; a connection that negotiated compression
+        goes through ``write_message`` (``payload``). False (and the connection removed)
+        when the socket is gone."""
+        ws = conn.handler.ws_connection
+        if ws is None or ws.is_closing():
             self.remove(conn)
-            return
+            return False
+        try:
+            if getattr(ws, "_compressor", None) is not None:
+                ws.write_message(payload)
+                return True
+            stream = ws.stream
+            if stream._write_buffer or type(stream) is not IOStream or stream.closed():
+                stream.write(frame)
+                return True
+            try:
+                n = stream.socket.send(frame)
+            except BlockingIOError:
+                n = 0
+            except OSError as exc:  # reset or broken pipe: Tornado's close, as its own write would
+                stream.close(exc_info=exc)
+                self.remove(conn)
+                return False
+            if n < len(frame):
+                stream.write(memoryview(frame)[n:])  # the rest, sent by Tornado as the socket takes it
+            return True
+        except (WebSocketClosedError, StreamClosedError):
+            self.remove(conn)
+            return False
         except Exception:  # noqa: BLE001 - never let one socket break the flush
             log.warning("dropping subscriber after send failure", exc_info=True)
             self.remove(conn)
-            return
-        size = len(frame)
-        conn.pending_bytes += size
-        future.add_done_callback(lambda f, c=conn, n=size: self._sent(c, n, f))
+            return False
 
-    def _sent(self, conn: Connection, size: int, future) -> None:
-        conn.pending_bytes -= size
-        if future.cancelled() or future.exception() is not None:
-            self.remove(conn)
-            return
-        if conn.behind_since is not None and conn.pending_bytes < self.max_pending_bytes:
-            conn.behind_since = None
-            missed, conn.missed = conn.missed, set()
-            points = [self.latest[k] for k in missed if k in self.latest]
-            if points and not conn.closed:
-                self._send(conn, encode({"type": "datapoints_batch", "datapoints": points}))
+    def _catch_up(self, conn: Connection) -> None:
+        """A connection that was behind is under the bound again: the latest value of
+        each event it missed, before anything newer."""
+        conn.behind_since = None
+        missed, conn.missed = conn.missed, set()
+        points = [self.latest[k] for k in missed if k in self.latest]
+        if points and not conn.closed:
+            payload = encode({"type": "datapoints_batch", "datapoints": points})
+            if self._write(conn, text_frame(payload), payload):
                 metrics.FRAMES_SENT.inc()
 
     def _close_stalled(self, now: float) -> None:
+        """Close connections behind for too long; catch up those whose backlog drained."""
+        limit = self.max_pending_bytes
         for conn in list(self.groups.get(FRONTEND, ())):
-            if conn.behind_since is not None and now - conn.behind_since > self.stall_timeout:
+            if conn.behind_since is None:
+                continue
+            if now - conn.behind_since > self.stall_timeout:
                 log.warning("closing subscriber stalled for %.1f s", now - conn.behind_since)
                 self._drop(conn, 1013, "Subscriber too slow")
+            elif conn.pending_bytes < limit:
+                self._catch_up(conn)
 
     def _drop(self, conn: Connection, code: int, reason: str) -> None:
         """Out of its group now (no more frames queued for it), then the close frame."""
