@@ -30,7 +30,8 @@ STAGES = [
                               "IngestPipeline.enqueue"]),
 ]
 WAITING = ("Condition.wait", "Event.wait", "_worker (concurrent/futures/thread.py", "Queue.get", "select (",
-           "EpollSelector.select", "lock.acquire", "Thread.join", "_wait_for_tstate_lock", "sleep (")
+           "EpollSelector.select", "lock.acquire", "Thread.join", "_wait_for_tstate_lock", "sleep (",
+           "PgBus._send (")  # the bus thread in psycopg2's execute: waiting on the database, GIL released
 
 
 def stage_of(frames: list[str]) -> str | None:
