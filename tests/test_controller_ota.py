@@ -75,7 +75,7 @@ async def test_controller_applies_a_verified_update(server, tmp_path):
         check = (await server.request("GET", f"{API}/check")).json
         assert check["latest_version"] == "1.1.0" and check["update_available"] is True
         # nothing happens until an admin applies it
-        assert (await server.request("POST", f"{API}/{fw['public_id']}/apply")).code == 200
+        assert (await server.request("POST", f"{API}/{fw['public_id']}/deploy")).code == 200
 
         async def completed():
             return await status_of(server, fw) == "completed"
@@ -107,18 +107,20 @@ async def test_controller_applies_a_verified_update(server, tmp_path):
 async def test_tampered_file_fails_verification(server, tmp_path):
     proc, flash_dir = await start(server, tmp_path, WEBMACS_CONTROLLER_VERSION="1.0.0")
     try:
+        async def reported():
+            return (await server.request("GET", f"{API}/check")).json["current_version"] == "1.0.0"
+
+        await wait_for(reported, timeout=30, message="controller reporting 1.0.0")
         fw = await new_update(server, "1.2.0", b"good image" * 1000)
         # the stored file changes behind the record's back: the served bytes no longer match the hash
         with open(os.path.join(server.services.config.ota_storage_dir, f"{fw['public_id']}.bin"), "r+b") as fh:
             fh.write(b"EVIL")
-        assert (await server.request("POST", f"{API}/{fw['public_id']}/apply")).code == 200
-
-        async def failed():
-            return await status_of(server, fw) == "failed"
-
-        await wait_for(failed, timeout=30, message="update failed")
+        deployed = await server.request("POST", f"{API}/{fw['public_id']}/deploy")
+        # the server verifies the stored file before it hands the update over
+        assert deployed.code == 200 and deployed.json["data"]["status"] == "failed", deployed
         rec = (await server.request("GET", f"{API}/{fw['public_id']}")).json
-        assert rec["error_message"].startswith("SHA-256 mismatch") and fw["file_hash_sha256"] in rec["error_message"]
+        assert rec["status"] == "failed" and rec["error_message"] == "SHA-256 hash verification failed"
+        assert (await server.request("GET", f"{API}/check")).json["active_update"] is None
         assert not (flash_dir / "flashed.bin").exists()  # never handed to the device
         assert (await server.request("GET", f"{API}/check")).json["current_version"] == "1.0.0"
     finally:
@@ -131,7 +133,7 @@ async def test_hook_failure_is_reported(server, tmp_path):
     proc, _ = await start(server, tmp_path, WEBMACS_CONTROLLER_VERSION="1.0.0", TEST_FLASH_FAIL="1")
     try:
         fw = await new_update(server, "1.3.0", b"image")
-        assert (await server.request("POST", f"{API}/{fw['public_id']}/apply")).code == 200
+        assert (await server.request("POST", f"{API}/{fw['public_id']}/deploy")).code == 200
 
         async def failed():
             return await status_of(server, fw) == "failed"

@@ -156,7 +156,7 @@ async def seed(server) -> dict[str, dict[str, str]]:
         "/api/v1/dashboards/{public_id}": board["public_id"],
         "/api/v1/dashboards/{public_id}/widgets": board["public_id"], "/api/v1/users/{public_id}": user["public_id"],
         **{f"/api/v1/ota/{{public_id}}{tail}": update["public_id"]
-           for tail in ("", "/apply", "/rollback", "/status", "/firmware")},
+           for tail in ("", "/apply", "/deploy", "/rollback", "/status", "/firmware")},
     }
     out = {path: {"path.public_id": value} for path, value in ids.items()}
     out["/api/v1/plugins/{public_id}/channels/{mapping_id}"] = {"path.public_id": instance["public_id"],

@@ -89,7 +89,7 @@ async def test_records_crud_and_validation(server):
                                                     "message": "Firmware update successfully deleted."}
     for method in ("GET", "DELETE"):
         assert (await server.request(method, f"{API}/{fw['public_id']}")).code == 404
-    for path in ("apply", "rollback"):
+    for path in ("apply", "deploy", "rollback"):
         assert (await server.request("POST", f"{API}/{fw['public_id']}/{path}")).code == 404
 
 
@@ -97,7 +97,8 @@ async def test_admin_only(server):
     fw = await create(server)
     one = f"{API}/{fw['public_id']}"
     calls = [("GET", API, None), ("POST", API, {"version": "3.0.0"}), ("GET", one, None), ("DELETE", one, None),
-             ("POST", f"{one}/apply", None), ("POST", f"{one}/rollback", None), ("GET", f"{API}/check", None),
+             ("POST", f"{one}/apply", None), ("POST", f"{one}/deploy", None), ("POST", f"{one}/rollback", None),
+             ("GET", f"{API}/check", None),
              ("PUT", f"{one}/status", {"status": "verifying"}), ("GET", f"{one}/firmware", None)]
     for role in ("viewer", "operator"):
         token = await server.create_user(role)
@@ -182,23 +183,65 @@ async def test_upload_limits_and_errors(server):
     assert [n for n in os.listdir(storage(server))] == [] if os.path.isdir(storage(server)) else True
 
 
-async def test_transitions(server):
+async def test_apply_as_in_webmacs(server):
+    # no firmware file: a pending update is marked completed
+    bare = await create(server, "2.0.0")
+    applied = await server.request("POST", f"{API}/{bare['public_id']}/apply")
+    assert applied.code == 200 and applied.json["status"] == "success", applied
+    rec = applied.json["data"]
+    assert rec["status"] == "completed" and rec["started_on"] and rec["completed_on"] and rec["error_message"] is None
+    assert (await server.request("GET", f"{API}/{bare['public_id']}")).json == rec
+    again = await server.request("POST", f"{API}/{bare['public_id']}/apply")
+    assert again.code == 409 and "'completed'" in again.json["detail"]
+    # a WebMACS client may send an empty JSON object
+    empty = await create(server, "2.0.1")
+    resp = await server.request("POST", f"{API}/{empty['public_id']}/apply", {})
+    assert resp.code == 200 and resp.json["data"]["status"] == "completed"
+    # with a file: verified first
+    good = await create(server, "2.1.0")
+    assert (await upload(server, good, b"build 1" * 1000)).code == 201
+    resp = await server.request("POST", f"{API}/{good['public_id']}/apply")
+    assert resp.code == 200 and resp.json["data"]["status"] == "completed", resp
+    bad = await create(server, "2.2.0")
+    assert (await upload(server, bad, b"build 2" * 1000)).code == 201
+    with open(os.path.join(storage(server), f"{bad['public_id']}.bin"), "r+b") as fh:
+        fh.write(b"EVIL")  # the stored file changes behind the record's back
+    resp = await server.request("POST", f"{API}/{bad['public_id']}/apply")
+    assert resp.code == 200 and resp.json["data"]["status"] == "failed", resp
+    failed = (await server.request("GET", f"{API}/{bad['public_id']}")).json
+    assert failed["status"] == "failed" and failed["error_message"] == "SHA-256 hash verification failed"
+    assert failed["completed_on"]
+    assert (await server.request("POST", f"{API}/{bad['public_id']}/apply")).code == 409
+    # the server never fetches URLs for the client
+    url = await create(server, "2.3.0")
+    resp = await server.request("POST", f"{API}/{url['public_id']}/apply",
+                                {"download_url": "http://127.0.0.1:1/fw.tar.gz"})
+    assert resp.code == 422 and resp.json["detail"].startswith("download_url:")
+    assert (await server.request("GET", f"{API}/{url['public_id']}")).json["status"] == "pending"
+    # rollback only from completed
+    assert (await server.request("POST", f"{API}/{url['public_id']}/rollback")).code == 409
+    rolled = await server.request("POST", f"{API}/{bare['public_id']}/rollback")
+    assert rolled.code == 200 and rolled.json["data"]["status"] == "rolled_back"
+
+
+async def test_deploy_and_the_controllers_progress(server):
     fw = await create(server)
     one = f"{API}/{fw['public_id']}"
-    nofile = await server.request("POST", f"{one}/apply")
+    nofile = await server.request("POST", f"{one}/deploy")
     assert nofile.code == 409 and "firmware file" in nofile.json["detail"]
     assert (await upload(server, fw, b"build 1")).code == 201
     assert (await server.request("POST", f"{one}/rollback")).code == 409  # only a completed update rolls back
     assert (await server.request("PUT", f"{one}/status", {"status": "verifying"})).code == 409  # not started
-    applied = await server.request("POST", f"{one}/apply")
-    assert applied.code == 200 and applied.json["status"] == "success"
-    assert applied.json["data"]["status"] == "downloading" and applied.json["data"]["started_on"]
+    deployed = await server.request("POST", f"{one}/deploy")
+    assert deployed.code == 200 and deployed.json["status"] == "success"
+    assert deployed.json["data"]["status"] == "downloading" and deployed.json["data"]["started_on"]
+    assert (await server.request("POST", f"{one}/deploy")).code == 409
     assert (await server.request("POST", f"{one}/apply")).code == 409
     assert (await upload(server, fw, b"build 2")).code == 409  # no new file under a running update
     assert (await server.request("DELETE", one)).code == 409
     other = await create(server, "2.2.0")
     assert (await upload(server, other, b"other")).code == 201
-    busy = await server.request("POST", f"{API}/{other['public_id']}/apply")
+    busy = await server.request("POST", f"{API}/{other['public_id']}/deploy")
     assert busy.code == 409 and "2.1.0" in busy.json["detail"]
     # the controller's progress: only forward along the documented machine
     assert (await server.request("PUT", f"{one}/status", {"status": "applying"})).code == 409  # skips verifying
@@ -212,9 +255,9 @@ async def test_transitions(server):
     rolled = await server.request("POST", f"{one}/rollback")
     assert rolled.code == 200 and rolled.json["data"]["status"] == "rolled_back"
     assert (await server.request("POST", f"{one}/rollback")).code == 409
-    assert (await server.request("POST", f"{one}/apply")).code == 409
+    assert (await server.request("POST", f"{one}/deploy")).code == 409
     # a failure with its reason
-    assert (await server.request("POST", f"{API}/{other['public_id']}/apply")).code == 200
+    assert (await server.request("POST", f"{API}/{other['public_id']}/deploy")).code == 200
     failed = await server.request("PUT", f"{API}/{other['public_id']}/status",
                                   {"status": "failed", "error_message": "SHA-256 mismatch"})
     assert failed.code == 200 and failed.json["data"]["error_message"] == "SHA-256 mismatch"
@@ -241,7 +284,7 @@ async def test_check(server):
     # failed and rolled-back updates are not offered
     newest = await create(server, "2.0.0")
     assert (await upload(server, newest, b"fw")).code == 201
-    assert (await server.request("POST", f"{API}/{newest['public_id']}/apply")).code == 200
+    assert (await server.request("POST", f"{API}/{newest['public_id']}/deploy")).code == 200
     running = (await server.request("GET", f"{API}/check?current_version=1.10.0")).json
     assert running["active_update"]["public_id"] == newest["public_id"] and running["update_available"] is True
     await server.request("PUT", f"{API}/{newest['public_id']}/status", {"status": "failed"})

@@ -145,9 +145,9 @@ async def test_ota_register_upload_delete_and_error(server, admin, tmp_path):
     await dialog.get_by_role("button", name="Register").click()
     r = row(page, "ota-table", "1.4.0")
     await expect(r.locator(".pill")).to_have_text("pending")
-    # applying before a firmware file is there: refused, with the reason shown
-    await r.get_by_role("button", name="Apply 1.4.0").click()
-    await expect(page.locator("#ota-error")).to_have_text("Upload a firmware file before applying this update.")
+    # deploying before a firmware file is there: refused, with the reason shown
+    await r.get_by_role("button", name="Deploy 1.4.0").click()
+    await expect(page.locator("#ota-error")).to_have_text("Upload a firmware file before deploying this update.")
     firmware = tmp_path / "fw.bin"
     firmware.write_bytes(b"\x7fELF" + bytes(4096))
     await r.get_by_role("button", name="Upload firmware for 1.4.0").click()
@@ -155,6 +155,9 @@ async def test_ota_register_upload_delete_and_error(server, admin, tmp_path):
     await page.locator("#ota-upload-dialog").get_by_role("button", name="Upload").click()
     await expect(r).to_contain_text("4,100 bytes")
     await admin.shoot("ota")
+    # apply, as in WebMACS: the file verified, the update marked completed
+    await r.get_by_role("button", name="Apply 1.4.0").click()
+    await expect(r.locator(".pill")).to_have_text("completed")
     await confirm(r, "Delete 1.4.0")
     await expect(r).to_have_count(0)
     assert (await server.request("GET", "/api/v1/ota")).json["total"] == 0

@@ -145,6 +145,10 @@ class Settings:
     # WEBMACS_OTA_MAX_FILE_MB: largest firmware file an upload may send (1..102400 MB);
     # bigger uploads are refused with 413.
     ota_max_file_mb: int = 512
+    # WEBMACS_OTA_MAX_BUNDLE_MB: largest update bundle (``.tar.gz``) that
+    # ``POST /api/v1/ota/upload`` takes (1..102400 MB, default 500 as in WebMACS);
+    # bigger uploads are refused with 413 and leave nothing on disk.
+    ota_max_bundle_mb: int = 500
     # WEBMACS_MAX_CONNECTIONS: open HTTP connections at most (WebSockets, once
     # upgraded, do not count). At the cap the connection waiting longest for a request
     # header is closed to make room; when none is waiting, the new one gets 503. Keep it
@@ -234,6 +238,7 @@ class Settings:
         s.plugin_max_upload_mb = _int(env, "WEBMACS_PLUGIN_MAX_UPLOAD_MB", s.plugin_max_upload_mb, 1, 1024)
         s.ota_storage_dir = (env.get("WEBMACS_OTA_STORAGE_DIR") or "").strip() or _data_dir(s.database_url, "ota")
         s.ota_max_file_mb = _int(env, "WEBMACS_OTA_MAX_FILE_MB", s.ota_max_file_mb, 1, 102400)
+        s.ota_max_bundle_mb = _int(env, "WEBMACS_OTA_MAX_BUNDLE_MB", s.ota_max_bundle_mb, 1, 102400)
         s.max_connections = _int(env, "WEBMACS_MAX_CONNECTIONS", s.max_connections, 1, 1_000_000)
         s.http_header_timeout = _float(env, "WEBMACS_HTTP_HEADER_TIMEOUT", s.http_header_timeout, 0.1, 3600)
         s.http_body_timeout = _float(env, "WEBMACS_HTTP_BODY_TIMEOUT", s.http_body_timeout, 0.1, 3600)

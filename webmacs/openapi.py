@@ -388,8 +388,14 @@ OPERATIONS: dict[type, dict[str, Op]] = {
     ota.CheckHandler: {"get": Op("Whether a newer firmware than the controller's is registered", role="admin",
                                  query=(Q("current_version", ota.CURRENT_VERSION, "The version the controller runs."),),
                                  response=ref("OtaCheck"))},
-    ota.ApplyHandler: {"post": Op("Start applying an update (pending -> downloading)", role="admin",
-                                  response=envelope("FirmwareUpdate"), errors=(409,))},
+    ota.BundleUploadHandler: {"post": Op(
+        "Upload a .tar.gz update bundle (multipart field 'file') for the device's updater", role="admin", ok=201,
+        upload="multipart/form-data", response=envelope(), errors=(400, 409, 413, 422))},
+    ota.ApplyHandler: {"post": Op("Apply an update: pending -> completed (its firmware file, if any, verified "
+                                  "first: failed on a SHA-256 mismatch)", role="admin",
+                                  response=envelope("FirmwareUpdate"), errors=(409, 422))},
+    ota.DeployHandler: {"post": Op("Hand an update with a firmware file to the controller (pending -> downloading)",
+                                   role="admin", response=envelope("FirmwareUpdate"), errors=(409,))},
     ota.RollbackHandler: {"post": Op("Roll a completed update back", role="admin",
                                      response=envelope("FirmwareUpdate"), errors=(409,))},
     ota.StatusHandler: {"put": Op("The controller's progress report", role="admin", body=ota.STATUS_SPEC,

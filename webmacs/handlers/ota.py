@@ -6,20 +6,25 @@ changelog and an optional firmware file. The file is uploaded to
 ``multipart/form-data`` field ``file``), streamed to ``WEBMACS_OTA_STORAGE_DIR``
 chunk by chunk while its SHA-256 is computed (never held whole in memory),
 bounded by ``WEBMACS_OTA_MAX_FILE_MB`` (413 beyond). Controllers download it from
-``GET /api/v1/ota/{id}/firmware``.
+``GET /api/v1/ota/{id}/firmware``. Update bundles (``.tar.gz``) for the device's
+updater go to ``POST /api/v1/ota/upload`` (WebMACS's route; same folder).
 
-Statuses follow the documented state machine::
+Statuses, as in WebMACS::
 
-    pending --apply--> downloading -> verifying -> applying -> completed --rollback--> rolled_back
-                       downloading / verifying / applying -> failed
+    pending --apply--> completed --rollback--> rolled_back       (the file, if any, verified first)
+    pending --apply--> failed                                    (its SHA-256 no longer matches)
+    pending --deploy--> downloading -> verifying -> applying -> completed
+                        downloading / verifying / applying -> failed
 
-``apply`` and ``rollback`` are the admin's transitions; the controller reports the
-steps in between with ``PUT /api/v1/ota/{id}/status``. Any other move is a 409.
+``apply`` is the contract's bookkeeping step; ``deploy`` (ours) hands the update to
+the controller, which reports the steps in between with ``PUT /api/v1/ota/{id}/status``.
+Any other move is a 409.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import uuid
@@ -37,7 +42,11 @@ from webmacs.jsoncodec import dumps
 from webmacs.models import UPDATE_STATUSES, FirmwareUpdate, utcnow
 from webmacs.timefmt import api as iso
 from webmacs.semver import SEMVER, is_semver, semver_key
+from webmacs.uploads import MultipartError, boundary_of
+from webmacs.uploads import MultipartFile as FormFile
 from webmacs.validation import Field, Str, ValidationError
+
+log = logging.getLogger("webmacs.ota")
 
 ACTIVE = ("downloading", "verifying", "applying")
 # statuses that count for "the newest update" in /ota/check
@@ -100,6 +109,13 @@ def _remove(path: Path) -> None:
         path.unlink()
     except FileNotFoundError:
         pass
+
+
+def _loosen_chunked_cap(handler: BaseHandler) -> None:
+    """A chunked upload is counted by the handler, which answers 413 past its limit;
+    tornado's own cap on the connection (which would just close it, mid-chunk) stays
+    as a backstop well above that."""
+    handler.request.connection.set_max_body_size(2 * handler.max_body_bytes)
 
 
 class _OtaBase(BaseHandler):
@@ -168,23 +184,101 @@ class UpdateHandler(_OtaBase):
         self.success("Firmware update successfully deleted.")
 
 
-class ApplyHandler(_OtaBase):
-    @authenticated("admin")
-    async def post(self, public_id: str) -> None:
-        def apply(session):
-            fw, target = self.transition(public_id, {"pending": "downloading"}, "apply")(session)
-            if fw.file_name is None:
-                raise ApiError(409, "Upload a firmware file before applying this update.")
-            busy = session.execute(select(FirmwareUpdate.version).where(
-                FirmwareUpdate.status.in_(ACTIVE), FirmwareUpdate.id != fw.id)).scalar()
-            if busy is not None:
-                raise ApiError(409, f"Update {busy} is still being applied.")
-            fw.status, fw.started_on, fw.completed_on, fw.error_message = target, utcnow(), None, None
+def _verify(path: Path, sha256: str | None, size: int | None) -> str | None:
+    """Why the stored file no longer is what was uploaded, or None (runs on a thread)."""
+    digest, seen = hashlib.sha256(), 0
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(CHUNK):
+                digest.update(chunk)
+                seen += len(chunk)
+    except FileNotFoundError:
+        return "The firmware file is missing from the OTA storage."
+    if digest.hexdigest() != sha256 or (size is not None and seen != size):
+        return "SHA-256 hash verification failed"
+    return None
+
+
+class _StartBase(_OtaBase):
+    """apply / deploy: a ``pending`` update, its stored file (if any) verified first."""
+
+    def pending_file(self, session, public_id: str) -> tuple[str | None, str | None, int | None]:
+        fw, _ = self.transition(public_id, {"pending": "pending"}, self.action)(session)
+        return fw.file_name, fw.file_hash_sha256, fw.file_size_bytes
+
+    async def start(self, public_id: str, change) -> tuple[dict, str | None]:
+        """Verify the file on a thread, then ``change(session, fw, failure)`` the record,
+        still ``pending`` (else 409)."""
+        file_name, sha256, size = await self.db.session(self.pending_file, public_id)
+        failure = None
+        if file_name is not None:
+            failure = await IOLoop.current().run_in_executor(None, _verify, self.storage / file_name, sha256, size)
+
+        def record(session):
+            fw, _ = self.transition(public_id, {"pending": "pending"}, self.action)(session)
+            now = utcnow()
+            if failure is not None:
+                fw.status, fw.error_message = "failed", failure
+                fw.started_on, fw.completed_on = fw.started_on or now, now
+            else:
+                change(session, fw, now)
             session.flush()
             return _dict(session, fw)
 
-        self.success("Firmware update started; the controller downloads and applies it.",
-                     resource=await self.db.session(apply))
+        return await self.db.session(record), failure
+
+
+class ApplyHandler(_StartBase):
+    """The contract's apply: a ``pending`` update is marked ``completed`` (with a
+    firmware file: once its SHA-256 is verified, else ``failed``)."""
+
+    action = "apply"
+
+    @authenticated("admin")
+    async def post(self, public_id: str) -> None:
+        body = self.json_body() if self.body.strip() else {}
+        if isinstance(body, dict) and body.get("download_url") is not None:
+            raise ApiError(422, "download_url: the server does not fetch firmware from URLs; upload the file "
+                                "to POST /api/v1/ota/{id}/firmware")
+
+        def complete(session, fw, now):
+            fw.status, fw.error_message = "completed", None
+            fw.started_on, fw.completed_on = fw.started_on or now, now
+
+        update, failure = await self.start(public_id, complete)
+        if failure is not None:
+            self.success(f"Firmware update failed: {failure}.", resource=update)
+        else:
+            self.success("Firmware update applied successfully.", resource=update)
+
+
+class DeployHandler(_StartBase):
+    """Ours: hand a ``pending`` update with a firmware file to the controller
+    (``downloading``); one update in progress at a time."""
+
+    action = "deploy"
+
+    @authenticated("admin")
+    async def post(self, public_id: str) -> None:
+        def check(session):
+            file_name, _, _ = self.pending_file(session, public_id)
+            if file_name is None:
+                raise ApiError(409, "Upload a firmware file before deploying this update.")
+            busy = session.execute(select(FirmwareUpdate.version).where(
+                FirmwareUpdate.status.in_(ACTIVE), FirmwareUpdate.public_id != public_id)).scalar()
+            if busy is not None:
+                raise ApiError(409, f"Update {busy} is still being applied.")
+
+        await self.db.session(check)
+
+        def hand_over(session, fw, now):
+            fw.status, fw.started_on, fw.completed_on, fw.error_message = "downloading", now, None, None
+
+        update, failure = await self.start(public_id, hand_over)
+        if failure is not None:
+            self.success(f"Firmware update failed: {failure}.", resource=update)
+        else:
+            self.success("Firmware update started; the controller downloads and applies it.", resource=update)
 
 
 class RollbackHandler(_OtaBase):
@@ -338,6 +432,7 @@ class FirmwareHandler(_OtaBase):
         super().prepare()  # NUL in the path, Content-Length against max_body_bytes, rate limit
         if self.request.method != "POST":
             return
+        _loosen_chunked_cap(self)
         # The body streams in before post() runs: check who asks and what is acceptable first.
         try:
             self.principal = await self.db.session(authenticate, self.config.secret_key, self.bearer_token())
@@ -484,10 +579,144 @@ class FirmwareHandler(_OtaBase):
             _remove(tmp)
 
 
+BUNDLE_SUFFIX = ".tar.gz"
+BUNDLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,200}")
+
+
+def bundle_name(raw: str | None) -> str:
+    """The file name an update bundle is stored under, or a 400 (WebMACS's wording)."""
+    name = (raw or "").replace("\\", "/").rsplit("/", 1)[-1]
+    if not name.endswith(BUNDLE_SUFFIX) or len(name) == len(BUNDLE_SUFFIX):
+        raise ApiError(400, "File must be a .tar.gz update bundle.")
+    if not BUNDLE_NAME.fullmatch(name):
+        raise ApiError(400, "File name of the bundle may hold only letters, digits and . _ + - "
+                            "(at most 200 characters), and must start with a letter or digit.")
+    return name
+
+
+def _open_bundle_temp(folder: Path):
+    folder.mkdir(parents=True, exist_ok=True)
+    return open(folder / f".upload-{uuid.uuid4().hex}.part", "xb")
+
+
+def _place_bundle(fh, final: Path) -> bool:
+    """fsync the upload and link it under its name; False when that name exists."""
+    fh.flush()
+    os.fsync(fh.fileno())
+    fh.close()
+    try:
+        os.link(fh.name, final)  # never replaces: a bundle of that name stays as it was
+    except FileExistsError:
+        return False
+    finally:
+        _remove(Path(fh.name))
+    return True
+
+
+@stream_request_body
+class BundleUploadHandler(_OtaBase):
+    """``POST /api/v1/ota/upload``: a ``.tar.gz`` update bundle, multipart field
+    ``file``, streamed to ``WEBMACS_OTA_STORAGE_DIR`` under its own name.
+
+    400 for another extension, 409 when a bundle of that name is there, 413 past
+    ``WEBMACS_OTA_MAX_BUNDLE_MB`` (``Content-Length`` checked before reading,
+    chunked bodies while streaming). The name and the conflict are checked as soon
+    as the part's headers arrive, so a refused upload is not read to its end. The
+    bytes go to a temporary file that is linked under the bundle's name only when
+    complete: an interrupted or refused upload leaves nothing behind.
+    """
+
+    receiver: FormFile | None = None
+    _sink = None
+    _checked = False
+
+    @property
+    def bundle_limit(self) -> int:
+        return self.config.ota_max_bundle_mb * 1024 * 1024
+
+    @property
+    def max_body_bytes(self) -> int:  # the bundle, and the multipart envelope around it
+        return self.bundle_limit + MULTIPART_SLACK
+
+    def body_too_large(self) -> str:
+        return f"Bundle exceeds maximum allowed size ({self.config.ota_max_bundle_mb} MB)."
+
+    @authenticated("admin")
+    async def _authorize(self) -> None:
+        return None
+
+    async def prepare(self) -> None:
+        super().prepare()  # NUL in the path, Content-Length against max_body_bytes, rate limit
+        if self.request.method != "POST":
+            return  # 405, the body unread
+        _loosen_chunked_cap(self)
+        await self._authorize()
+        try:
+            boundary = boundary_of(self.request.headers.get("Content-Type", ""))
+        except MultipartError as exc:
+            raise ApiError(422, f"file: {exc} with the bundle in the field 'file'") from None
+        self._sink = await IOLoop.current().run_in_executor(None, _open_bundle_temp, self.storage)
+        self.receiver = FormFile(boundary, "file", self._sink, self.bundle_limit)
+
+    async def data_received(self, chunk: bytes) -> None:
+        rec = self.receiver
+        if rec is None or self._finished:
+            return
+        try:
+            await IOLoop.current().run_in_executor(None, rec.feed, chunk)
+        except MultipartError:
+            rec.state = "error"
+            return
+        try:
+            if rec.found and not self._checked:  # the part's headers are in: refuse early
+                self._checked = True
+                name = bundle_name(rec.filename)
+                if await IOLoop.current().run_in_executor(None, (self.storage / name).exists):
+                    raise ApiError(409, f"Bundle '{name}' already exists.")
+            if rec.too_large:
+                raise ApiError(413, self.body_too_large())
+        except ApiError as exc:
+            # answer now: tornado stops handing us the rest and closes the connection after the reply
+            self._cleanup()
+            self.set_status(exc.status_code)
+            self.finish(dumps({"detail": exc.detail}))
+
+    @authenticated("admin")
+    async def post(self) -> None:
+        if self._finished:  # refused while the body streamed in
+            return
+        rec = self.receiver
+        try:
+            rec.finish()
+        except MultipartError as exc:
+            raise ApiError(422, f"file: {exc}") from None
+        name = bundle_name(rec.filename)
+        if rec.too_large:
+            raise ApiError(413, self.body_too_large())
+        sink, self._sink = self._sink, None
+        placed = await IOLoop.current().run_in_executor(None, _place_bundle, sink, self.storage / name)
+        if not placed:
+            raise ApiError(409, f"Bundle '{name}' already exists.")
+        log.info("OTA bundle %s uploaded (%d bytes)", name, rec.size)
+        self.success(f"Bundle '{name}' uploaded ({rec.size:,} bytes).", 201)
+
+    def on_finish(self) -> None:
+        self._cleanup()
+
+    on_connection_close = on_finish
+
+    def _cleanup(self) -> None:
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            IOLoop.current().run_in_executor(None, FirmwareHandler._drop, sink, Path(sink.name))
+
+
 default_handlers = [
     (r"/api/v1/ota", UpdatesHandler),
     (r"/api/v1/ota/check", CheckHandler),
+    (r"/api/v1/ota/upload", BundleUploadHandler),
     (r"/api/v1/ota/([^/]+)/apply", ApplyHandler),
+    (r"/api/v1/ota/([^/]+)/deploy", DeployHandler),
     (r"/api/v1/ota/([^/]+)/rollback", RollbackHandler),
     (r"/api/v1/ota/([^/]+)/status", StatusHandler),
     (r"/api/v1/ota/([^/]+)/firmware", FirmwareHandler),

@@ -37,7 +37,10 @@ export default function OtaView({ session }) {
     { title: html`<span class="sr-only">Actions</span>`, render: (u) => html`<div class="row-actions">
       ${u.status === "pending" ? html`<button type="button" aria-label=${"Upload firmware for " + u.version}
         onClick=${() => setUploadFor(u)}>Upload file</button>
-        <button type="button" aria-label=${"Apply " + u.version} onClick=${() => act(() => session.api.post(path(u) + "/apply"))}>Apply</button>` : null}
+        <button type="button" aria-label=${"Deploy " + u.version} title="Hand it to the controller, which downloads and flashes it"
+          onClick=${() => act(() => session.api.post(path(u) + "/deploy"))}>Deploy</button>
+        <button type="button" aria-label=${"Apply " + u.version} title="Mark it applied (the file is verified first)"
+          onClick=${() => act(() => session.api.post(path(u) + "/apply"))}>Apply</button>` : null}
       ${u.status === "failed" || u.status === "completed" ? html`<button type="button" aria-label=${"Roll back " + u.version}
         onClick=${() => act(() => session.api.post(path(u) + "/rollback"))}>Roll back</button>` : null}
       <${ConfirmButton} label="Delete" ariaLabel=${"Delete " + u.version} onConfirm=${() => act(() => session.api.del(path(u)))} /></div>` },
