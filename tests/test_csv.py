@@ -109,7 +109,7 @@ async def test_quoting_and_empty_unit(server):
         update(Event).where(Event.public_id == event).values(unit=None)))
     plugin = await server.request("POST", "/api/v1/plugins", {"plugin_id": "revpi", "instance_name": "dev"})
     ch = await server.request("POST", f"/api/v1/plugins/{plugin.json['data']['public_id']}/channels", {
-        "channel_id": "f", "channel_name": "Flow", "direction": "input", "unit": "", "event_public_id": event})
+        "channel_id": "f", "channel_name": "Flow", "direction": "input", "unit": "L/min", "event_public_id": event})
     assert ch.code == 201, ch
     exp = await start_experiment(server, "Run 12 — Inlet 180°C, Flow 5 L/min")
     await push(server, [{"event_public_id": event, "value": 5}])

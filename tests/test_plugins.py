@@ -271,6 +271,12 @@ async def test_channel_mapping_rules(server):
     rev = res(await server.request("POST", "/api/v1/plugins", {"plugin_id": "revpi", "instance_name": "Cabinet"}))
     assert rev["channel_mappings"] == []
     io = {"channel_id": "I_1", "channel_name": "Door", "direction": "input", "unit": ""}
+    empty = await server.request("POST", f"/api/v1/plugins/{rev['public_id']}/channels", io)
+    assert empty.code == 422 and empty.json["detail"].startswith("unit:"), empty  # ChannelMappingCreate: 1-50
+    io["unit"] = "u" * 51
+    long = await server.request("POST", f"/api/v1/plugins/{rev['public_id']}/channels", io)
+    assert long.code == 422 and long.json["detail"].startswith("unit:"), long
+    io["unit"] = "state"
     assert (await server.request("POST", f"/api/v1/plugins/{rev['public_id']}/channels", io)).code == 201
     assert (await server.request("POST", f"/api/v1/plugins/{rev['public_id']}/channels", io)).code == 409
     viewer = await server.create_user("viewer")

@@ -279,7 +279,7 @@ MAPPING_SPEC = {
     "channel_id": Str(1, 100, required=True),
     "channel_name": Str(1, 255, required=True),
     "direction": Str(choices=CHANNEL_DIRECTIONS, required=True),
-    "unit": Str(0, 50, required=True),
+    "unit": Str(1, 50, required=True),  # ChannelMappingCreate: 1-50 characters
     "event_public_id": Str(1, 64, nullable=True),
 }
 INSTANCE_UPDATE_SPEC = {k: INSTANCE_SPEC[k] for k in ("instance_name", "demo_mode", "enabled", "config_json")}
