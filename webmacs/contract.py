@@ -192,8 +192,6 @@ def _compare_attrs(where: str, want: dict, have: dict, schemas: dict, attrs: tup
             if theirs is None and not request:
                 continue  # an answer that names its few values is no difference
             theirs = sorted(theirs) if theirs is not None else None
-        elif attr == "type" and theirs == "number" and ours == "integer":
-            ours = "integer"
         if attr in BOUNDS and theirs is None and ours is not None:
             out.append((f"{where}.{attr}+", f"ours adds {_show(ours)} (the contract states none)"))
         elif theirs != ours:

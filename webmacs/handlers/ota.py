@@ -202,30 +202,46 @@ def _verify(path: Path, sha256: str | None, size: int | None) -> str | None:
 class _StartBase(_OtaBase):
     """apply / deploy: a ``pending`` update, its stored file (if any) verified first."""
 
-    def pending_file(self, session, public_id: str) -> tuple[str | None, str | None, int | None]:
-        fw, _ = self.transition(public_id, {"pending": "pending"}, self.action)(session)
-        return fw.file_name, fw.file_hash_sha256, fw.file_size_bytes
+    action = ""  # the verb of the 409 for another status
+    started = ""  # the message when the update moved on
 
-    async def start(self, public_id: str, change) -> tuple[dict, str | None]:
-        """Verify the file on a thread, then ``change(session, fw, failure)`` the record,
-        still ``pending`` (else 409)."""
-        file_name, sha256, size = await self.db.session(self.pending_file, public_id)
+    def allowed(self, session, fw: FirmwareUpdate) -> None:
+        """More conditions on the pending update (an ApiError when not met)."""
+
+    def change(self, fw: FirmwareUpdate, now) -> None:
+        """The update's move once its file (if any) is verified."""
+        raise NotImplementedError
+
+    def _pending(self, session, public_id: str) -> FirmwareUpdate:
+        fw, _ = self.transition(public_id, {"pending": "pending"}, self.action)(session)
+        return fw
+
+    async def start(self, public_id: str) -> None:
+        """Check, verify the file on a thread, then move the record (still ``pending``, else 409)
+        and answer."""
+        def load(session):
+            fw = self._pending(session, public_id)
+            self.allowed(session, fw)
+            return fw.file_name, fw.file_hash_sha256, fw.file_size_bytes
+
+        file_name, sha256, size = await self.db.session(load)
         failure = None
         if file_name is not None:
             failure = await IOLoop.current().run_in_executor(None, _verify, self.storage / file_name, sha256, size)
 
         def record(session):
-            fw, _ = self.transition(public_id, {"pending": "pending"}, self.action)(session)
+            fw = self._pending(session, public_id)
             now = utcnow()
             if failure is not None:
                 fw.status, fw.error_message = "failed", failure
                 fw.started_on, fw.completed_on = fw.started_on or now, now
             else:
-                change(session, fw, now)
+                self.change(fw, now)
             session.flush()
             return _dict(session, fw)
 
-        return await self.db.session(record), failure
+        update = await self.db.session(record)
+        self.success(self.started if failure is None else f"Firmware update failed: {failure}.", resource=update)
 
 
 class ApplyHandler(_StartBase):
@@ -233,6 +249,7 @@ class ApplyHandler(_StartBase):
     firmware file: once its SHA-256 is verified, else ``failed``)."""
 
     action = "apply"
+    started = "Firmware update applied successfully."
 
     @authenticated("admin")
     async def post(self, public_id: str) -> None:
@@ -240,16 +257,11 @@ class ApplyHandler(_StartBase):
         if isinstance(body, dict) and body.get("download_url") is not None:
             raise ApiError(422, "download_url: the server does not fetch firmware from URLs; upload the file "
                                 "to POST /api/v1/ota/{id}/firmware")
+        await self.start(public_id)
 
-        def complete(session, fw, now):
-            fw.status, fw.error_message = "completed", None
-            fw.started_on, fw.completed_on = fw.started_on or now, now
-
-        update, failure = await self.start(public_id, complete)
-        if failure is not None:
-            self.success(f"Firmware update failed: {failure}.", resource=update)
-        else:
-            self.success("Firmware update applied successfully.", resource=update)
+    def change(self, fw: FirmwareUpdate, now) -> None:
+        fw.status, fw.error_message = "completed", None
+        fw.started_on, fw.completed_on = fw.started_on or now, now
 
 
 class DeployHandler(_StartBase):
@@ -257,28 +269,22 @@ class DeployHandler(_StartBase):
     (``downloading``); one update in progress at a time."""
 
     action = "deploy"
+    started = "Firmware update started; the controller downloads and applies it."
 
     @authenticated("admin")
     async def post(self, public_id: str) -> None:
-        def check(session):
-            file_name, _, _ = self.pending_file(session, public_id)
-            if file_name is None:
-                raise ApiError(409, "Upload a firmware file before deploying this update.")
-            busy = session.execute(select(FirmwareUpdate.version).where(
-                FirmwareUpdate.status.in_(ACTIVE), FirmwareUpdate.public_id != public_id)).scalar()
-            if busy is not None:
-                raise ApiError(409, f"Update {busy} is still being applied.")
+        await self.start(public_id)
 
-        await self.db.session(check)
+    def allowed(self, session, fw: FirmwareUpdate) -> None:
+        if fw.file_name is None:
+            raise ApiError(409, "Upload a firmware file before deploying this update.")
+        busy = session.execute(select(FirmwareUpdate.version).where(
+            FirmwareUpdate.status.in_(ACTIVE), FirmwareUpdate.id != fw.id)).scalar()
+        if busy is not None:
+            raise ApiError(409, f"Update {busy} is still being applied.")
 
-        def hand_over(session, fw, now):
-            fw.status, fw.started_on, fw.completed_on, fw.error_message = "downloading", now, None, None
-
-        update, failure = await self.start(public_id, hand_over)
-        if failure is not None:
-            self.success(f"Firmware update failed: {failure}.", resource=update)
-        else:
-            self.success("Firmware update started; the controller downloads and applies it.", resource=update)
+    def change(self, fw: FirmwareUpdate, now) -> None:
+        fw.status, fw.started_on, fw.completed_on, fw.error_message = "downloading", now, None, None
 
 
 class RollbackHandler(_OtaBase):
