@@ -51,6 +51,7 @@ class Passive(asyncio.Protocol):
 
     def __init__(self, request: bytes, ready: asyncio.Future) -> None:
         self.request, self.ready = request, ready
+        self.compressed = False  # the server accepted permessage-deflate
         self.buf = b""
         self.handshaken = False
         self.skip = 0  # payload bytes of the current frame still to skip
@@ -71,6 +72,7 @@ class Passive(asyncio.Protocol):
                 self.ready.set_exception(RuntimeError(self.buf[:200]))
                 return
             self.handshaken = True
+            self.compressed = b"permessage-deflate" in self.buf[:end].lower()
             data, self.buf = self.buf[end + 4:], b""
         buf = self.buf + data if self.buf else data
         i, n = 0, len(buf)
@@ -117,7 +119,10 @@ async def passive_worker(cfg: dict) -> dict:
     key = base64.b64encode(os.urandom(16)).decode()
     request = (f"GET /ws/datapoints/stream?token={cfg['token']} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-               "Sec-WebSocket-Version: 13\r\n\r\n").encode()
+               "Sec-WebSocket-Version: 13\r\n"
+               # what Chromium offers; payloads are skipped, so the compressed frames are only counted
+               + ("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+                  if cfg["compress"] else "") + "\r\n").encode()
     protos: list[Passive] = []
 
     async def one() -> None:
@@ -141,6 +146,7 @@ async def passive_worker(cfg: dict) -> dict:
     for p in protos:
         p.transport.close()
     return {"cpu_s": cpu, "n": len(protos), "closed": sum(p.closed for p in protos),
+            "compressed": sum(p.compressed for p in protos),
             "frames_min": got[0] if got else 0, "frames_median": got[len(got) // 2] if got else 0,
             "frames_max": got[-1] if got else 0}
 
@@ -170,29 +176,53 @@ def run(args) -> dict:
     raise_nofile()
     workdir = Path(tempfile.mkdtemp(prefix="webmacs-fanout-"))
     report: dict = {"args": vars(args), "code": ib.code_state(), "loadavg_before": ib.loadavg()}
-    server = ib.Server(f"sqlite:///{workdir / 'bench.db'}", workdir, None, {"WEBMACS_METRICS_PUBLIC": "true"}, workers=1)
+    drop_after = None
+    if args.db == "sqlite":
+        database_url = f"sqlite:///{workdir / 'bench.db'}"
+    else:  # a scratch TimescaleDB database (needed for --workers > 1)
+        base = subprocess.run(["bash", str(ib.REPO / "scripts/timescaledb.sh"), "url"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        scratch = f"webmacs_fanout_{os.getpid()}"
+        database_url = ib.create_scratch_pg(base, scratch, "webmacs_test", False)
+        drop_after = (base, scratch)
+    env = {"WEBMACS_METRICS_PUBLIC": "true", **dict(e.split("=", 1) for e in args.server_env)}
+    server = ib.Server(database_url, workdir, None, env, workers=args.workers)
     workers = []
     try:
         server.wait_ready()
         base = server.base_url
         setup = asyncio.run(ib.setup_sensors(base, ib.ADMIN_EMAIL, ib.ADMIN_PASSWORD, args.sensors, True))
         time.sleep(1)
-        idle_kb = ib.vmrss_kb(server.pid)
+        # the serving processes: the server, or its workers (--workers N)
+        pids = ib.children(server.pid) if args.workers != 1 else [server.pid]
+
+        def rss() -> list[int]:
+            return [ib.vmrss_kb(p) or 0 for p in pids]
+
+        def cpu() -> float:
+            return sum(ib.proc_cpu_seconds(p) for p in pids)
+
+        idle_each = rss()
+        idle_kb = sum(idle_each)
         per = -(-args.passive // args.passive_procs) if args.passive else 0
         passives = []
         for i in range(args.passive_procs if args.passive else 0):
             n = min(per, args.passive - i * per)
             if n > 0:
-                passives.append(PassiveWorker({"token": setup["token"], "port": server.port, "passive": n}))
+                passives.append(PassiveWorker({"token": setup["token"], "port": server.port, "passive": n,
+                                               "compress": not args.no_compress}))
         for w in passives:
             w.expect("READY", 600)
         time.sleep(1)
-        connected_kb = ib.vmrss_kb(server.pid)
+        connected_each = rss()
+        connected_kb = sum(connected_each)
         report["rss_idle_kb"], report["rss_connected_kb"] = idle_kb, connected_kb
+        report["rss_idle_kb_each"], report["rss_connected_kb_each"] = idle_each, connected_each
         report["kb_per_dashboard"] = (connected_kb - idle_kb) / args.passive if args.passive else None
         ws_base = base.replace("http://", "ws://", 1)
         common = {"ws_base": ws_base, "token": setup["token"], "events": setup["events"]}
-        probes = ib.Worker("subscribers", {**common, "subscribers": args.probes, "timestamps": False})
+        probes = ib.Worker("subscribers", {**common, "subscribers": args.probes, "timestamps": False,
+                                           "compress": not args.no_compress})
         probes.expect("READY", 120)
         ctl = ib.Worker("controllers", {**common, "controllers": args.controllers, "batch": args.batch,
                                         "rate": args.rate, "window": 4, "duration": args.duration, "ack": True,
@@ -201,7 +231,7 @@ def run(args) -> dict:
         workers = [*passives, probes, ctl]
         report["loadavg_start"] = ib.loadavg()
         m0 = scrape(base)
-        cpu0 = ib.proc_cpu_seconds(server.pid)
+        cpu0 = cpu()
         t0 = time.time() + 0.3
         for w in passives:
             w.send("GO")
@@ -210,11 +240,11 @@ def run(args) -> dict:
         peak_kb = connected_kb
         c = ctl.result(args.duration + 90)
         time.sleep(0.6)
-        peak_kb = max(peak_kb, ib.vmrss_kb(server.pid) or 0)
+        peak_kb = max(peak_kb, sum(rss()))
         for w in passives:
             w.send("STOP")
         m1 = scrape(base)
-        cpu1 = ib.proc_cpu_seconds(server.pid)
+        cpu1 = cpu()
         probes.send("STOP")
         pr = probes.result(60)
         ps = [w.result(120) for w in passives]
@@ -226,6 +256,8 @@ def run(args) -> dict:
             "offered_dp_s": c["sent_points"] / span,
             "ack_latency": c["ack_latency"], "controller_errors": c["errors"],
             "latency": pr["latency"], "probe_frames": pr["frames"], "probe_closed": pr["closed_by_server"],
+            "probe_bytes": pr["bytes"], "probes_compressed": pr["compressed"],
+            "split_ingest": pr["split_ingest"], "split_fanout": pr["split_fanout"],
             "server_cpu_s": cpu1 - cpu0, "server_cpu_share": (cpu1 - cpu0) / span,
             "rss_end_kb": peak_kb,
             "flushes": flushes, "flush_mean_ms": 1000 * flush_s / flushes if flushes else None,
@@ -240,6 +272,8 @@ def run(args) -> dict:
             if w.proc.poll() is None:
                 w.proc.kill()
         server.stop()
+        if drop_after:
+            ib.drop_scratch_pg(*drop_after)
 
 
 def main() -> int:
@@ -253,6 +287,12 @@ def main() -> int:
     p.add_argument("--controllers", type=int, default=4)
     p.add_argument("--batch", type=int, default=50)
     p.add_argument("--duration", type=float, default=30)
+    p.add_argument("--workers", type=int, default=1, help="server processes (more than 1: --db pg)")
+    p.add_argument("--db", choices=("sqlite", "pg"), default="sqlite")
+    p.add_argument("--no-compress", action="store_true",
+                   help="dashboards do not offer permessage-deflate (browsers do)")
+    p.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="an environment variable for the server (repeatable)")
     p.add_argument("--json", metavar="FILE")
     args = p.parse_args()
     if args.worker_passive:
@@ -265,18 +305,26 @@ def main() -> int:
           f"{r['span_s']:.0f} s; load {r['loadavg_before']} -> {r['loadavg_after']}")
     print(f"  send->dashboard P50 {ib.fmt_ms(lat['p50'])} P95 {ib.fmt_ms(lat['p95'])} P99 {ib.fmt_ms(lat['p99'])} "
           f"max {ib.fmt_ms(lat['max'])} ({lat['count']} values)")
+    si, sf = r["split_ingest"], r["split_fanout"]
+    print(f"  probe 0 split at the server's timestamp: send->accepted P95 {ib.fmt_ms(si['p95'])}, "
+          f"accepted->dashboard P50 {ib.fmt_ms(sf['p50'])} P95 {ib.fmt_ms(sf['p95'])}")
     print(f"  controller ack P50 {ib.fmt_ms(ack['p50'])} P95 {ib.fmt_ms(ack['p95'])}, errors {r['controller_errors']}")
     kb = r["kb_per_dashboard"]
     print(f"  RSS idle {r['rss_idle_kb'] / 1024:.1f} MB, {args.passive} connected {r['rss_connected_kb'] / 1024:.1f} MB "
           f"({'n/a' if kb is None else f'{kb:.1f}'} KB/dashboard), end {r['rss_end_kb'] / 1024:.1f} MB")
+    if args.workers != 1:
+        print("  per worker RSS idle -> connected: " + ", ".join(
+            f"{a / 1024:.0f} -> {b / 1024:.0f} MB" for a, b in zip(r["rss_idle_kb_each"], r["rss_connected_kb_each"])))
     print(f"  server CPU {r['server_cpu_s']:.1f} s ({r['server_cpu_share']:.0%} of a core); passive clients "
           f"{r['passive_cpu_s']:.1f} s, probes {r['probe_cpu_s']:.1f} s, controllers {r['controller_cpu_s']:.1f} s")
     fm = r["flush_mean_ms"]
     print(f"  flushes {r['flushes']:.0f}, mean flush {'n/a' if fm is None else f'{fm:.2f}'} ms, frames sent "
           f"{r['frames_sent']:.0f}, skipped {r['frames_skipped']:.0f}")
     for i, ps in enumerate(r["passive"]):
-        print(f"  passive worker {i}: {ps['n']} sockets, frames min/median/max {ps['frames_min']}/"
-              f"{ps['frames_median']}/{ps['frames_max']}, closed {ps['closed']}")
+        print(f"  passive worker {i}: {ps['n']} sockets ({ps['compressed']} compressed), frames min/median/max "
+              f"{ps['frames_min']}/{ps['frames_median']}/{ps['frames_max']}, closed {ps['closed']}")
+    print(f"  probes: {r['probes_compressed']} of {args.probes} compressed, {r['probe_frames']} frames, "
+          f"{r['probe_bytes'] / max(1, r['probe_frames']):.0f} bytes per frame (decompressed)")
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=1))
     return 0

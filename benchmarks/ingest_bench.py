@@ -284,10 +284,12 @@ def _emit(line: str) -> None:
     sys.stdout.flush()
 
 
-async def _connect(url: str, max_message_size: int = 64 * 1024 * 1024):
+async def _connect(url: str, max_message_size: int = 64 * 1024 * 1024, compress: bool = False):
     from tornado.websocket import websocket_connect
 
-    conn = await websocket_connect(url, max_message_size=max_message_size, connect_timeout=30)
+    # compress: offer permessage-deflate as browsers do (the server may accept it on the stream)
+    conn = await websocket_connect(url, max_message_size=max_message_size, connect_timeout=30,
+                                   compression_options={} if compress else None)
     if "/telemetry" in url:  # the telemetry endpoint greets no one: a pong proves the token
         await conn.write_message('{"type":"ping"}')
     first = await asyncio.wait_for(conn.read_message(), 30)
@@ -470,7 +472,9 @@ async def subscribers_worker(cfg: dict) -> dict:
     n = cfg["subscribers"]
     conns = []
     for i in range(0, n, 20):  # connect in waves: each open() authenticates on the DB executor
-        conns += await asyncio.gather(*(_connect(url) for _ in range(min(20, n - i))))
+        conns += await asyncio.gather(*(_connect(url, compress=cfg.get("compress", False))
+                                        for _ in range(min(20, n - i))))
+    stats = {"compressed": sum(1 for c in conns if c.protocol._compressor is not None)}
     _emit("READY")
     line = await _readline()
     assert line.startswith("GO "), line
@@ -478,7 +482,7 @@ async def subscribers_worker(cfg: dict) -> dict:
     cpu0 = time.process_time()
 
     hist, ingest_hist, fanout_hist = Hist(), Hist(), Hist()
-    stats = {"frames": 0, "points": 0, "bytes": 0, "closed_by_server": 0, "close_codes": {}}
+    stats.update({"frames": 0, "points": 0, "bytes": 0, "closed_by_server": 0, "close_codes": {}})
     parse_ts = datetime.fromisoformat
 
     async def reader(i: int, conn) -> None:

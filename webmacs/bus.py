@@ -59,7 +59,7 @@ RECONNECT_FIRST, RECONNECT_MAX = 0.5, 30.0
 OUTBOX_MAX = 10_000  # messages waiting to be sent; beyond it the oldest points go first
 PARTS_TTL = 10.0  # seconds an incomplete multi-part message is kept
 # Live points are gathered and published this often (a few messages per second).
-POINTS_INTERVAL_MS = 100
+POINTS_INTERVAL_MS = 50
 POINTS_PER_MESSAGE = 60  # about 6 kB of points: one NOTIFY, no reassembly needed
 
 Callback = Callable[[dict], None]

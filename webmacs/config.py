@@ -76,9 +76,14 @@ class Settings:
     # WEBMACS_CHUNK_INTERVAL_HOURS: TimescaleDB chunk interval for datapoints,
     # applied by `webmacs migrate` when the hypertable is created.
     chunk_interval_hours: int = 24
-    # WEBMACS_BROADCAST_INTERVAL_MS: how often the coalescing buffer is flushed
-    # to dashboards (the spec's 200 ms per-event throttle).
+    # WEBMACS_BROADCAST_INTERVAL_MS: the spec's per-event throttle: a dashboard gets a
+    # frame with a given event at most this often (always ending on its latest value);
+    # a reading after a quiet spell goes out within one 20 ms tick (webmacs.broadcast).
     broadcast_interval_ms: int = 200
+    # WEBMACS_STREAM_COMPRESSION_LEVEL: zlib level (1-9) of permessage-deflate on
+    # /ws/datapoints/stream when the client offers it (browsers do); 0 turns it off.
+    # Each broadcast frame is compressed once for every subscriber (benchmarks/README.md).
+    stream_compression_level: int = 1
     # WEBMACS_SHUTDOWN_TIMEOUT: seconds a SIGTERM stop takes at most, in total; batches
     # not stored by then are answered "retry".
     shutdown_timeout: float = 10.0
@@ -223,6 +228,7 @@ class Settings:
         s.workers = _int(env, "WEBMACS_WORKERS", s.workers, 0, 256)
         s.chunk_interval_hours = _int(env, "WEBMACS_CHUNK_INTERVAL_HOURS", s.chunk_interval_hours, 1, 24 * 365)
         s.broadcast_interval_ms = _int(env, "WEBMACS_BROADCAST_INTERVAL_MS", s.broadcast_interval_ms, 10, 10000)
+        s.stream_compression_level = _int(env, "WEBMACS_STREAM_COMPRESSION_LEVEL", s.stream_compression_level, 0, 9)
         s.shutdown_timeout = _float(env, "WEBMACS_SHUTDOWN_TIMEOUT", s.shutdown_timeout, 0.1, 600)
         s.ingest_queue_path = ((env.get("WEBMACS_INGEST_QUEUE_PATH") or "").strip()
                                or _data_dir(s.database_url, "ingest-queue"))

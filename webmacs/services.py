@@ -64,7 +64,8 @@ class Services:
         self.db = Database(config.database_url, config.db_pool_size)
         # What the other server processes on this database are told (webmacs.bus).
         self.bus = make_bus(config.database_url, self.db.is_postgres, self.db.run)
-        self.hub = ConnectionManager()
+        self.hub = ConnectionManager(interval_ms=config.broadcast_interval_ms,
+                                     compression_level=config.stream_compression_level)
         self.webhooks = WebhookDispatcher(self.db, config, owner=self.bus.process_id)
         self.rules = RuleEngine(self.db, self.webhooks)
         self.linkage = CachedView("linkage", self.db.session, load_linkage)
@@ -135,7 +136,8 @@ class Services:
         await self.rules.view.current()
         await self.webhooks.start()
         await server_log(self.db, "Server started", "info")
-        self._every(self.config.broadcast_interval_ms, self.hub.flush)
+        self.hub.start()  # dashboard frames: ticks scheduled by what is published
+        self._every(self.config.broadcast_interval_ms, self.hub.housekeep)
         if self.relay is not None:
             self._every(POINTS_INTERVAL_MS, self.relay.flush)
         self._every(1000, lambda: self.hub.expire_tokens(datetime.now(timezone.utc)))
@@ -153,6 +155,7 @@ class Services:
         self._callbacks.append(cb)
 
     def stop_callbacks(self) -> None:
+        self.hub.stop()
         for cb in self._callbacks:
             cb.stop()
         self._callbacks.clear()

@@ -27,7 +27,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from tornado.websocket import WebSocketHandler
+from tornado.websocket import WebSocketHandler, WebSocketProtocol13
 
 from webmacs import jsoncodec, metrics
 from webmacs.accounts import AuthError, authenticate
@@ -95,7 +95,8 @@ class _Socket(WebSocketHandler):
             return
         if self.ws_connection is None:  # closed by the peer while we authenticated
             return
-        self.conn = Connection(self, self.group, principal)
+        proto = self.ws_connection
+        self.conn = Connection(self, self.group, principal, getattr(proto, "wbits", None))
         services.hub.add(self.conn)
         if self.connected_message:
             self.send({"type": "connected", "message": self.connected_message})
@@ -290,10 +291,90 @@ def _ack(batch_id: str, result) -> dict:
     return ack
 
 
+# permessage-deflate parameters (RFC 7692 7.1) and what each may carry.
+_DEFLATE_FLAGS = ("server_no_context_takeover", "client_no_context_takeover")
+_DEFLATE_BITS = ("server_max_window_bits", "client_max_window_bits")
+# The LZ77 window we ask a client for when it lets us choose: a dashboard only sends
+# pings, and the server keeps 2^bits bytes of window per socket to read what it sends.
+CLIENT_WINDOW_BITS = "9"
+
+
+def negotiate_deflate(offer: dict) -> dict | None:
+    """The answer to one permessage-deflate offer, or None to decline it (an unknown or
+    malformed parameter; a server window of 8 bits, which zlib cannot make). The answer
+    always has ``server_no_context_takeover`` (RFC 7692 7.1.1.1 lets the server add it):
+    every message we send is compressed alone, so one compressed copy of a broadcast frame
+    fits every socket with the same window."""
+    answer: dict = {"server_no_context_takeover": None}
+    for key, value in offer.items():
+        if key in _DEFLATE_FLAGS:
+            if value is not None:
+                return None
+            answer[key] = None
+        elif key in _DEFLATE_BITS:
+            if value is None and key == "client_max_window_bits":  # "you may choose"
+                answer[key] = CLIENT_WINDOW_BITS
+                continue
+            if value is None or not (value.isascii() and value.isdigit()) or value.startswith("0") or not 8 <= int(value) <= 15:
+                return None
+            if key == "server_max_window_bits" and value == "8":
+                return None
+            answer[key] = value
+        else:
+            return None
+    return answer
+
+
+class _CompressEachAlone(WebSocketProtocol13):
+    """Tornado's protocol with permessage-deflate negotiated by :func:`negotiate_deflate`
+    (the first acceptable offer; none: no compression). ``wbits`` is the server window
+    agreed, the connection's variant for :class:`webmacs.broadcast.Frames`."""
+
+    wbits: int | None = None
+
+    def _parse_extensions_header(self, headers):
+        for name, offer in parse_extensions(headers.get("Sec-WebSocket-Extensions", "")):
+            answer = negotiate_deflate(offer) if name == "permessage-deflate" and offer is not None else None
+            if answer is not None:
+                self.wbits = int(answer.get("server_max_window_bits") or 15)
+                return [(name, answer)]
+        return []
+
+
+def parse_extensions(header: str) -> list[tuple[str, dict | None]]:
+    """``Sec-WebSocket-Extensions`` as offers (RFC 6455 9.1): (name, {param: value or None});
+    the parameters are None for an offer naming one twice. (Tornado's own parser drops
+    parameters without a value, which are most of permessage-deflate's.)"""
+    offers: list[tuple[str, dict | None]] = []
+    for offer in header.split(","):
+        name, *params = [part.strip() for part in offer.split(";")]
+        parsed: dict | None = {}
+        for param in params:
+            key, eq, value = (x.strip() for x in param.partition("="))
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            if key in parsed:
+                parsed = None
+                break
+            parsed[key] = value if eq else None
+        offers.append((name.lower(), parsed))
+    return offers
+
+
 class StreamHandler(_Socket):
     group = FRONTEND
     role = "viewer"
     connected_message = "Subscribed to live datapoint stream."
+
+    def get_compression_options(self) -> dict | None:
+        level = self.services.config.stream_compression_level
+        return {"compression_level": level} if level else None
+
+    def get_websocket_protocol(self):
+        proto = super().get_websocket_protocol()
+        if proto is None or proto.params.compression_options is None:
+            return proto
+        return _CompressEachAlone(self, False, proto.params)
 
     def handle(self, data: dict, size: int) -> None:
         self.error("Unsupported message: this stream is read-only (send {\"type\": \"ping\"})")
