@@ -47,7 +47,8 @@ def raise_nofile() -> None:
 
 
 class Passive(asyncio.Protocol):
-    """One dashboard that only reads: handshake, then frame headers (payloads skipped)."""
+    """One dashboard that only reads: handshake, then frame headers (payloads skipped);
+    it answers the server's pings, as a browser does."""
 
     def __init__(self, request: bytes, ready: asyncio.Future) -> None:
         self.request, self.ready = request, ready
@@ -56,6 +57,7 @@ class Passive(asyncio.Protocol):
         self.handshaken = False
         self.skip = 0  # payload bytes of the current frame still to skip
         self.frames = 0  # text frames after the first ("connected")
+        self.wire = 0  # bytes received (frames as sent: compressed when negotiated)
         self.closed = False
 
     def connection_made(self, transport) -> None:
@@ -63,6 +65,7 @@ class Passive(asyncio.Protocol):
         transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
+        self.wire += len(data)
         if not self.handshaken:
             self.buf += data
             end = self.buf.find(b"\r\n\r\n")
@@ -105,6 +108,11 @@ class Passive(asyncio.Protocol):
                     self.frames += 1
             elif opcode == 8:
                 self.closed = True
+            elif opcode == 9:  # the server's keep-alive ping: answered as a browser does, or it closes us
+                body = bytes(buf[i:i + b1]) if n - i >= b1 else b""
+                mask = os.urandom(4)
+                self.transport.write(bytes((0x8A, 0x80 | len(body))) + mask
+                                     + bytes(c ^ mask[k % 4] for k, c in enumerate(body)))
         self.buf = buf[i:] if i < n else b""
 
     def connection_lost(self, exc) -> None:
@@ -139,14 +147,16 @@ async def passive_worker(cfg: dict) -> dict:
     assert line.startswith("GO"), line
     cpu0 = time.process_time()
     start = [p.frames for p in protos]
+    wire0 = sum(p.wire for p in protos)
     line = await ib._readline()
     assert line == "STOP", line
     got = sorted(p.frames - s for p, s in zip(protos, start))
+    wire = sum(p.wire for p in protos) - wire0
     cpu = time.process_time() - cpu0
     for p in protos:
         p.transport.close()
     return {"cpu_s": cpu, "n": len(protos), "closed": sum(p.closed for p in protos),
-            "compressed": sum(p.compressed for p in protos),
+            "compressed": sum(p.compressed for p in protos), "wire_bytes": wire, "frames_total": sum(got),
             "frames_min": got[0] if got else 0, "frames_median": got[len(got) // 2] if got else 0,
             "frames_max": got[-1] if got else 0}
 
@@ -210,7 +220,7 @@ def run(args) -> dict:
             n = min(per, args.passive - i * per)
             if n > 0:
                 passives.append(PassiveWorker({"token": setup["token"], "port": server.port, "passive": n,
-                                               "compress": not args.no_compress}))
+                                               "compress": not args.no_compress, "pinger": True}))
         for w in passives:
             w.expect("READY", 600)
         time.sleep(1)
@@ -222,7 +232,7 @@ def run(args) -> dict:
         ws_base = base.replace("http://", "ws://", 1)
         common = {"ws_base": ws_base, "token": setup["token"], "events": setup["events"]}
         probes = ib.Worker("subscribers", {**common, "subscribers": args.probes, "timestamps": False,
-                                           "compress": not args.no_compress})
+                                           "compress": not args.no_compress, "pinger": True})
         probes.expect("READY", 120)
         ctl = ib.Worker("controllers", {**common, "controllers": args.controllers, "batch": args.batch,
                                         "rate": args.rate, "window": 4, "duration": args.duration, "ack": True,
@@ -257,7 +267,7 @@ def run(args) -> dict:
             "ack_latency": c["ack_latency"], "controller_errors": c["errors"],
             "latency": pr["latency"], "probe_frames": pr["frames"], "probe_closed": pr["closed_by_server"],
             "probe_bytes": pr["bytes"], "probes_compressed": pr["compressed"],
-            "split_ingest": pr["split_ingest"], "split_fanout": pr["split_fanout"],
+            "split_ingest": pr["split_ingest"], "split_fanout": pr["split_fanout"], "ping_rtt": pr["ping_rtt"],
             "server_cpu_s": cpu1 - cpu0, "server_cpu_share": (cpu1 - cpu0) / span,
             "rss_end_kb": peak_kb,
             "flushes": flushes, "flush_mean_ms": 1000 * flush_s / flushes if flushes else None,
@@ -308,6 +318,9 @@ def main() -> int:
     si, sf = r["split_ingest"], r["split_fanout"]
     print(f"  probe 0 split at the server's timestamp: send->accepted P95 {ib.fmt_ms(si['p95'])}, "
           f"accepted->dashboard P50 {ib.fmt_ms(sf['p50'])} P95 {ib.fmt_ms(sf['p95'])}")
+    pg = r["ping_rtt"]
+    print(f"  loop lag: ping->pong every 20 ms on a telemetry socket P50 {ib.fmt_ms(pg['p50'])} "
+          f"P95 {ib.fmt_ms(pg['p95'])} P99 {ib.fmt_ms(pg['p99'])} max {ib.fmt_ms(pg['max'])} ({pg['count']})")
     print(f"  controller ack P50 {ib.fmt_ms(ack['p50'])} P95 {ib.fmt_ms(ack['p95'])}, errors {r['controller_errors']}")
     kb = r["kb_per_dashboard"]
     print(f"  RSS idle {r['rss_idle_kb'] / 1024:.1f} MB, {args.passive} connected {r['rss_connected_kb'] / 1024:.1f} MB "
@@ -323,6 +336,9 @@ def main() -> int:
     for i, ps in enumerate(r["passive"]):
         print(f"  passive worker {i}: {ps['n']} sockets ({ps['compressed']} compressed), frames min/median/max "
               f"{ps['frames_min']}/{ps['frames_median']}/{ps['frames_max']}, closed {ps['closed']}")
+    wire, nframes = sum(p["wire_bytes"] for p in r["passive"]), sum(p["frames_total"] for p in r["passive"])
+    print(f"  passive dashboards received {wire / 1e6:.1f} MB on the wire, {wire / max(1, nframes):.0f} bytes "
+          f"per frame, {wire / max(1, args.passive) / r['span_s'] / 1024:.1f} KiB/s per dashboard")
     print(f"  probes: {r['probes_compressed']} of {args.probes} compressed, {r['probe_frames']} frames, "
           f"{r['probe_bytes'] / max(1, r['probe_frames']):.0f} bytes per frame (decompressed)")
     if args.json:

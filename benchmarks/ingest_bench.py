@@ -512,8 +512,23 @@ async def subscribers_worker(cfg: dict) -> dict:
                     fanout_hist.add(now_ms - ts)
 
     tasks = [asyncio.ensure_future(reader(i, c)) for i, c in enumerate(conns)]
+    ping_hist = Hist()
+    if cfg.get("pinger"):  # the server's loop lag: a ping every 20 ms on a telemetry socket, pong RTT
+        tel = await _connect(f"{cfg['ws_base']}/ws/controller/telemetry?token={cfg['token']}")
+
+        async def pinger() -> None:
+            while True:
+                sent = time.perf_counter()
+                await tel.write_message('{"type":"ping"}')
+                if await tel.read_message() is None:
+                    return
+                ping_hist.add((time.perf_counter() - sent) * 1000)
+                await asyncio.sleep(0.02)
+
+        tasks.append(asyncio.ensure_future(pinger()))
     line = await _readline()
     assert line == "STOP", line
+    stats["ping_rtt"] = ping_hist.summary()
     stats["cpu_s"] = time.process_time() - cpu0
     for c in conns:
         c.close()

@@ -76,4 +76,21 @@ if want exp2; then
         # (BENCH_COPY_ONE_CHUNK, also run here then, is now how the writer works)
     done
 fi
+# issue 22, fan-out: thousands of passive dashboards (benchmarks/fanout_bench.py) and the cost
+# of one kernel send (benchmarks/send_cost.py)
+fanout() {  # name, args...
+    local name="$1"; shift
+    echo "== $name: benchmarks/fanout_bench.py $*" >&2
+    "$PY" benchmarks/fanout_bench.py "$@" --json "$OUT/$name.json" 2>"${TMPDIR:-/tmp}/webmacs-bench-$name.log" \
+        | tee "$OUT/$name.txt" || echo "== $name FAILED" >&2
+}
+if want fanout; then
+    fanout issue22_after_5000p --passive 5000 --duration 25
+    fanout issue22_after_5000p_nocompress --passive 5000 --duration 25 --no-compress
+    fanout issue22_after_5000p_level6 --passive 5000 --duration 25 --server-env WEBMACS_STREAM_COMPRESSION_LEVEL=6
+    fanout issue22_after_10k_100d --passive 90 --rate 10000 --batch 250 --duration 20
+    fanout issue22_after_10000p_w2 --passive 10000 --passive-procs 2 --workers 2 --db pg --duration 25
+    fanout issue22_after_20000p_w4 --passive 20000 --passive-procs 4 --workers 4 --db pg --duration 25
+    for size in 200 12000 40000; do "$PY" benchmarks/send_cost.py 5000 "$size"; done | tee "$OUT/issue22_send_cost.txt"
+fi
 exit 0

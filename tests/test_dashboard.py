@@ -103,6 +103,9 @@ async def test_login_live_values_chart_and_logout(server, dashboard):
     await expect(value).to_have_attribute("data-value", "187.126")
     await expect(value).to_have_text("187.13")  # shown to 5 significant digits
     await expect(dashboard.tile(events[2]).locator(".value")).to_have_attribute("data-value", "5.5")
+    # Chromium offered permessage-deflate: those frames were compressed once for every
+    # subscriber (webmacs.broadcast.deflate_frame) and the browser read them
+    assert [c.variant for c in server.services.hub.groups[FRONTEND]] == [15]
     await expect(dashboard.tile(events[0]).locator(".age")).to_have_text("updated just now")
     # the age keeps counting
     await page.wait_for_function(

@@ -168,7 +168,12 @@ class RawStream:
     # a smaller server window is honoured: the frames decode with a 1 KiB window
     ("permessage-deflate; server_max_window_bits=10",
      "permessage-deflate; server_no_context_takeover; server_max_window_bits=10", 10),
-    # declined: unknown parameter, malformed values, a window zlib cannot make, other extensions
+    # a quoted value is the same value (RFC 6455 9.1)
+    ('permessage-deflate; server_max_window_bits="10"',
+     "permessage-deflate; server_no_context_takeover; server_max_window_bits=10", 10),
+    # declined: unknown parameter, malformed values, a window zlib cannot make, a parameter
+    # named twice, other extensions
+    ("permessage-deflate; server_no_context_takeover; server_no_context_takeover", None, None),
     ("permessage-deflate; foo=1", None, None),
     ("permessage-deflate; server_max_window_bits=8", None, None),
     ("permessage-deflate; server_max_window_bits=16", None, None),

@@ -32,7 +32,8 @@ MULTIPROCESS_REFRESH_MS = 5000
 # Seconds: a batch is usually stored in a few milliseconds; the top buckets show a
 # database that stalls.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-# A broadcast flush encodes one frame and hands it to each subscriber: sub-millisecond to a few ms.
+# A broadcast flush encodes one frame and hands it to each subscriber: sub-millisecond for a
+# few dashboards, tens of ms for thousands (each socket costs a kernel send).
 FLUSH_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
 # --- ingest -----------------------------------------------------------------------------------
@@ -62,8 +63,9 @@ QUEUE_REFUSED = Counter(
 
 # --- broadcast --------------------------------------------------------------------------------
 FLUSH_DURATION = Histogram(
-    "webmacs_broadcast_flush_duration_seconds", "One broadcast flush that had data: encoding the frame "
-    "and handing it to every dashboard subscriber.", buckets=FLUSH_BUCKETS)
+    "webmacs_broadcast_flush_duration_seconds", "One broadcast flush: event-loop time to encode (and "
+    "compress) its frame once and hand it to every dashboard subscriber, summed over its slices.",
+    buckets=FLUSH_BUCKETS)
 FRAMES_SENT = Counter(
     "webmacs_broadcast_frames_sent", "datapoints_batch frames handed to dashboard subscribers "
     "(one per subscriber per flush, plus catch-up frames).")
