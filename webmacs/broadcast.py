@@ -380,10 +380,7 @@ class ConnectionManager:
             i += 1
             if conn.closed:
                 continue
-            stream = conn.stream
-            unsent = conn._extra_pending + (0 if stream is None else
-                                            stream._total_write_index - stream._total_write_done_index)
-            if unsent >= limit:
+            if conn.pending_bytes >= limit:
                 if conn.behind_since is None:
                     conn.behind_since = now
                 conn.missed.update(points)
@@ -432,7 +429,11 @@ class ConnectionManager:
             log.info("closing a client that does not read its replies (%d bytes unsent)", conn.pending_bytes)
             self.abort(conn, 1013, "Client not reading replies")
             return
-        self._write(conn, Frames(encode(payload), self.compression_level).get(conn.variant))
+        self._write(conn, self._frame(encode(payload), conn))
+
+    def _frame(self, payload: bytes, conn: Connection) -> bytes:
+        """A message for one connection only (reply, catch-up), in its variant."""
+        return Frames(payload, self.compression_level).get(conn.variant)
 
     def _write(self, conn: Connection, frame: bytes) -> bool:
         """The prebuilt ``frame`` onto the socket: straight to the kernel when nothing is
@@ -475,7 +476,7 @@ class ConnectionManager:
         points = [self.latest[k] for k in missed if k in self.latest]
         if points and not conn.closed:
             payload = encode({"type": "datapoints_batch", "datapoints": points})
-            if self._write(conn, Frames(payload, self.compression_level).get(conn.variant)):
+            if self._write(conn, self._frame(payload, conn)):
                 metrics.FRAMES_SENT.inc()
 
     def housekeep(self) -> None:

@@ -95,8 +95,7 @@ class _Socket(WebSocketHandler):
             return
         if self.ws_connection is None:  # closed by the peer while we authenticated
             return
-        proto = self.ws_connection
-        self.conn = Connection(self, self.group, principal, getattr(proto, "wbits", None))
+        self.conn = Connection(self, self.group, principal, getattr(self.ws_connection, "wbits", None))
         services.hub.add(self.conn)
         if self.connected_message:
             self.send({"type": "connected", "message": self.connected_message})
@@ -315,9 +314,9 @@ def negotiate_deflate(offer: dict) -> dict | None:
             if value is None and key == "client_max_window_bits":  # "you may choose"
                 answer[key] = CLIENT_WINDOW_BITS
                 continue
-            if value is None or not (value.isascii() and value.isdigit()) or value.startswith("0") or not 8 <= int(value) <= 15:
-                return None
-            if key == "server_max_window_bits" and value == "8":
+            lowest = 9 if key == "server_max_window_bits" else 8  # zlib makes no 8-bit raw deflate
+            if (value is None or not (value.isascii() and value.isdigit()) or value.startswith("0")
+                    or not lowest <= int(value) <= 15):
                 return None
             answer[key] = value
         else:
