@@ -32,6 +32,12 @@ from tornado.web import HTTPError, StaticFileHandler
 
 log = logging.getLogger("webmacs.http")
 
+# Seconds a connection answered before its request body was read (413 on an upload,
+# 401 before it) stays open, reading and dropping what the client still sends, before
+# it is closed. Closing with unread input makes the kernel reset the connection, and a
+# client still sending may then lose the answer before it reads it (RFC 9112 9.6:
+# close the write side first, go on reading for a while).
+LINGER_SECONDS = 2.0
 # How long the listening socket rests after accept() ran out of descriptors:
 # long enough not to spin, short enough that a freed descriptor is used soon.
 ACCEPT_PAUSE = 0.1
@@ -351,3 +357,30 @@ class SafeStaticFileHandler(StaticFileHandler):
         if "\x00" in path:
             raise HTTPError(404)
         return super().get_absolute_path(root, path)
+
+
+def linger_on_close(connection) -> None:
+    """Make the next close of ``connection`` (a tornado ``HTTP1Connection`` whose request
+    body is still arriving) a lingering one: the answer already written is followed by
+    a FIN (``shutdown(SHUT_WR)``), and the socket itself is closed
+    :data:`LINGER_SECONDS` later; meanwhile tornado goes on reading the body and dropping
+    it (the handler has finished). Called before the answer is finished."""
+    stream = getattr(connection, "stream", None)
+    if stream is None or stream.closed() or getattr(stream, "_lingering", False):
+        return
+    close = stream.close
+    stream._lingering = True
+
+    def lingering_close(exc_info: Any = False) -> None:
+        if exc_info or stream.closed():  # an error (a reset, the body cap): close now
+            close(exc_info=exc_info)
+            return
+        try:
+            stream.socket.shutdown(socket.SHUT_WR)
+        except OSError:  # gone already
+            close()
+            return
+        stream.close = close  # later calls close at once
+        IOLoop.current().call_later(LINGER_SECONDS, close)
+
+    stream.close = lingering_close

@@ -31,6 +31,7 @@ from webmacs import metrics
 from webmacs.jsoncodec import dumps
 from webmacs.models import User
 from webmacs.ratelimit import retry_after
+from webmacs.serving import linger_on_close
 from webmacs.validation import Field, Int, ValidationError, validate
 
 if TYPE_CHECKING:  # typing only: webmacs.services never imports the handlers
@@ -130,6 +131,13 @@ class BaseHandler(RequestHandler):
     rate_limited: bool = True
     _body_chunks: list | None = None
     _body_size = 0
+
+    def finish(self, chunk: Any = None) -> Awaitable[None]:
+        # answered before its body was read (a 413 mid-upload, a 401 before it): the
+        # connection lingers so that a client still sending reads the answer (webmacs.serving)
+        if not getattr(self.request.connection, "_read_finished", True):
+            linger_on_close(self.request.connection)
+        return super().finish(chunk)
 
     # --- dependencies -----------------------------------------------------
     @property
