@@ -178,3 +178,29 @@ async def test_a_bundle_cut_off_midway_leaves_nothing(server):
     await wait_for(lambda: listing(server) == [], message="the partial upload removed")
     # and the name is free for a complete upload
     assert (await send(server, "cut.tar.gz", b"complete")).code == 201
+
+
+async def test_a_client_still_sending_after_its_413_reads_it_then_a_clean_end(server):
+    """Refused mid-body: the answer, then FIN while the server goes on reading and dropping
+    what still comes (webmacs.serving.linger_on_close); closing at once with unread input
+    would reset the connection, and a client still sending could lose the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write((f"POST {URL} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.admin_token}\r\n"
+                      f"Content-Type: {CTYPE}\r\nTransfer-Encoding: chunked\r\n\r\n").encode())
+        chunk = os.urandom(MB)
+        for part in [head("over.tar.gz"), *([chunk] * (LIMIT_MB + 2))]:
+            writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+            await writer.drain()
+        raw = b""
+        while b"\r\n\r\n" not in raw or len(raw.partition(b"\r\n\r\n")[2]) < _length(raw):
+            block = await asyncio.wait_for(reader.read(65536), 30)
+            assert block, raw
+            raw += block
+        assert raw.startswith(b"HTTP/1.1 413"), raw
+        for _ in range(4):  # the client has not noticed yet: more of the body, all taken
+            writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            await writer.drain()
+        assert await asyncio.wait_for(reader.read(65536), 30) == b""  # a FIN, not a reset
+    finally:
+        writer.close()
